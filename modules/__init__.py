@@ -1,0 +1,18 @@
+"""DSPy Modules: the agents, the three scenario programs, and the LM layer they run on.
+
+Modules never import Prefect or anything from flows/. Importing this package first sets the
+offline hygiene the LM stack needs (before LiteLLM or the hub clients are imported): no cost-map
+download, no hub look-ups, no telemetry.
+"""
+
+import os
+
+for _name, _value in {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(_name, _value)

@@ -1,0 +1,204 @@
+"""The content-addressed LM-call cache and the per-call ledger.
+
+Every call goes through ``CachingEngine``, which wraps the real engine (remote or embedded).
+The key is the SHA-256 of the canonical JSON of the request DSPy built (model, sampling
+parameters, the rendered messages with the dialogue so far), the rollout slot and a format
+version: change a role's instructions and only that role's calls, and the turns after them,
+get new keys. Values are JSON (never pickles), in diskcache's ``JSONDisk``.
+
+The rollout slot and the ledger travel in context variables, set by the agents around each
+call: DSPy's engine contract gives an engine the request only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diskcache
+from dspy._vendor.lm15.serde import request_to_dict, response_from_dict, response_to_dict
+from dspy.lm15 import Request, Response, response_to_events
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class CallRecord:
+    """One LM call as the run accounts for it."""
+
+    role: str
+    model: str
+    key: str
+    cached: bool
+    tokens_in: int
+    tokens_out: int
+    finish_reason: str
+
+
+@dataclass
+class CallLedger:
+    records: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def last(self) -> CallRecord | None:
+        return self.records[-1] if self.records else None
+
+
+_rollout: contextvars.ContextVar[int] = contextvars.ContextVar("master_rollout", default=0)
+_ledger: contextvars.ContextVar[CallLedger | None] = contextvars.ContextVar(
+    "master_ledger", default=None
+)
+
+
+@contextlib.contextmanager
+def rollout(slot: int) -> Iterator[None]:
+    """Calls made inside get their own cache slot: identical prompts, distinct samples."""
+    token = _rollout.set(slot)
+    try:
+        yield
+    finally:
+        _rollout.reset(token)
+
+
+@contextlib.contextmanager
+def ledger() -> Iterator[CallLedger]:
+    """Collect the records of every call made inside (one dialogue, usually)."""
+    book = CallLedger()
+    token = _ledger.set(book)
+    try:
+        yield book
+    finally:
+        _ledger.reset(token)
+
+
+def current_ledger() -> CallLedger | None:
+    return _ledger.get()
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def call_key(request: Request, slot: int) -> str:
+    payload = {"v": CACHE_FORMAT, "request": request_to_dict(request), "rollout": slot}
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+class CallStore:
+    """diskcache with JSON values: safe to share between processes (SQLite underneath)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.cache = diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        value = self.cache.get(key)
+        if isinstance(value, dict) and isinstance(value.get("response"), dict):
+            return value
+        return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.cache.set(key, value)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def _record(role: str, request: Request, key: str, response: Response, cached: bool) -> None:
+    book = _ledger.get()
+    if book is None:
+        return
+    usage = response.usage
+    book.records.append(
+        CallRecord(
+            role=role,
+            model=request.model,
+            key=key,
+            cached=cached,
+            tokens_in=usage.input_tokens or 0,
+            tokens_out=usage.output_tokens or 0,
+            finish_reason=response.finish_reason,
+        )
+    )
+
+
+class CachingEngine:
+    """Wraps a DSPy engine with the content-addressed cache and the ledger."""
+
+    def __init__(self, inner: Any, role: str, store: CallStore | None) -> None:
+        self.inner = inner
+        self.role = role
+        self.store = store
+
+    def _lookup(self, key: str) -> Response | None:
+        if self.store is None:
+            return None
+        hit = self.store.get(key)
+        if hit is None:
+            return None
+        try:
+            return response_from_dict(hit["response"])
+        except (KeyError, TypeError, ValueError):
+            return None  # a damaged entry is recomputed, never trusted
+
+    def _save(self, key: str, request: Request, response: Response) -> None:
+        if self.store is not None:
+            self.store.put(
+                key,
+                {
+                    "response": response_to_dict(response),
+                    "role": self.role,
+                    "model": request.model,
+                    "ts": time.time(),
+                },
+            )
+
+    def complete(self, request: Request) -> Response:
+        key = call_key(request, _rollout.get())
+        response = self._lookup(key)
+        if response is not None:
+            _record(self.role, request, key, response, cached=True)
+            return response
+        response = self.inner.complete(request)
+        self._save(key, request, response)
+        _record(self.role, request, key, response, cached=False)
+        return response
+
+    def stream(self, request: Request) -> Any:
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncCachingEngine:
+    """The same cache in front of an async engine."""
+
+    def __init__(self, inner: Any, sync: CachingEngine) -> None:
+        self.inner = inner
+        self.sync = sync
+
+    async def complete(self, request: Request) -> Response:
+        key = call_key(request, _rollout.get())
+        response = self.sync._lookup(key)
+        if response is not None:
+            _record(self.sync.role, request, key, response, cached=True)
+            return response
+        response = await self.inner.complete(request)
+        self.sync._save(key, request, response)
+        _record(self.sync.role, request, key, response, cached=False)
+        return response
+
+    async def stream(self, request: Request) -> Any:
+        for event in response_to_events(await self.complete(request)):
+            yield event
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,36 @@
+"""Debate (DB): peers A and B argue for one or two rounds without the reference; strong
+student C, who has it, settles the question in a summary that agrees with it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import dspy
+
+from modules.agents import Agent, fixed_turn, transcript
+from signatures import DebaterTurn, DebateSummary
+
+
+class Debate(dspy.Module):
+    def __init__(self, lms: Mapping[str, dspy.LM] | None = None) -> None:
+        super().__init__()
+        lms = lms or {}
+        # A and B share one Signature (the paper: identical prompts but the name).
+        self.student_a = Agent(DebaterTurn, "peer", "student_a", lms.get("peer"))
+        self.student_b = Agent(DebaterTurn, "peer", "student_b", lms.get("peer"))
+        self.student_c = Agent(DebateSummary, "strong", "student_c", lms.get("strong"))
+
+    def forward(self, question: str, reference: str, rounds: int = 1) -> dspy.Prediction:
+        if rounds not in (1, 2):
+            raise ValueError("a debate has 1 or 2 rounds")
+        turns = [fixed_turn("question", question)]
+        debate: list[dict] = []
+        for _ in range(rounds):
+            for name, agent in (("Student A", self.student_a), ("Student B", self.student_b)):
+                turn = agent(student_name=name, question=question, dialogue=transcript(debate))
+                debate.append(turn)
+        turns += debate
+        turns.append(
+            self.student_c(question=question, reference=reference, dialogue=transcript(debate))
+        )
+        return dspy.Prediction(turns=turns)

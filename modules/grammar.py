@@ -1,0 +1,107 @@
+"""GBNF grammars from the output fields a DSPy ChatAdapter prompt asks for.
+
+A 135M model never follows DSPy's ``[[ ## field ## ]]`` format by itself; constrained to a
+grammar built from the requested fields, every call parses. The fields are read back from
+the rendered system message, so the engine needs nothing but the request it is given.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+_OUTPUT_BLOCK = re.compile(
+    r"Your output fields are:\n(?P<block>.*?)\n(?:All interactions will be structured|$)", re.S
+)
+_FIELD_LINE = re.compile(r"^\d+\. `(?P<name>\w+)` \((?P<type>.*?)\)(?::|$)", re.M)
+
+
+@dataclass(frozen=True)
+class OutputField:
+    name: str
+    type: str  # as DSPy renders it: str, int, float, bool, Literal['a', 'b'], ...
+
+    def literal_choices(self) -> list[str] | None:
+        if not self.type.startswith("Literal[") or not self.type.endswith("]"):
+            return None
+        try:
+            values = ast.literal_eval("[" + self.type[len("Literal[") : -1] + "]")
+        except (ValueError, SyntaxError):
+            return None
+        return [str(v) for v in values]
+
+    def default_value(self) -> str:
+        """What closes a field that a truncated answer never reached (the turn is then flagged)."""
+        choices = self.literal_choices()
+        if choices:
+            return choices[0]
+        return {"int": "0", "float": "0", "bool": "False"}.get(self.type, "")
+
+
+def output_fields(system_text: str) -> list[OutputField]:
+    """The output fields declared in a ChatAdapter system message, in order."""
+    match = _OUTPUT_BLOCK.search(system_text)
+    if not match:
+        return []
+    return [
+        OutputField(m.group("name"), m.group("type").strip())
+        for m in _FIELD_LINE.finditer(match.group("block"))
+    ]
+
+
+def _lit(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _value_rule(field: OutputField) -> str:
+    choices = field.literal_choices()
+    if choices:
+        return " | ".join(_lit(c) for c in choices)
+    if field.type == "int":
+        return '"-"? [0-9] [0-9]? [0-9]? [0-9]?'
+    if field.type == "float":
+        return '"-"? [0-9] [0-9]? [0-9]? ("." [0-9] [0-9]?)?'
+    if field.type == "bool":
+        return '"True" | "False"'
+    return "text"
+
+
+def header(name: str) -> str:
+    return f"[[ ## {name} ## ]]"
+
+
+def gbnf_for(fields: list[OutputField]) -> str:
+    """A grammar that admits exactly: each field's header, a value of its type, the end marker.
+
+    Free text may not start with whitespace (no empty answers) and may not contain ``[[``
+    (so a value can never forge the next field's header).
+    """
+    parts = []
+    rules = []
+    for i, field in enumerate(fields):
+        sep = "" if i == 0 else "\\n\\n"
+        parts.append(f'"{sep}{header(field.name)}\\n" f{i}')
+        rules.append(f"f{i} ::= {_value_rule(field)}")
+    parts.append(f'"\\n\\n{header("completed")}"')
+    root = "root ::= " + " ".join(parts)
+    text = 'text ::= [^\\[#{ \\t\\n] ([^\\[#\\n] | "\\n" [^\\[#\\n] | "[" [^\\[#\\n])*'
+    return "\n".join([root, *rules, text])
+
+
+def close_truncated(text: str, fields: list[OutputField]) -> str:
+    """Finish the structure of a cut-off answer so DSPy can parse what was written.
+
+    Only the structure is completed: the response keeps finish_reason "length", so the turn
+    guards still see and flag the truncation.
+    """
+    present = [f for f in fields if header(f.name) in text]
+    out = text.rstrip()
+    if not present and fields:
+        out = f"{header(fields[0].name)}\n{out or fields[0].default_value()}"
+        present = [fields[0]]
+    for field in fields[len(present) :]:
+        out += f"\n\n{header(field.name)}\n{field.default_value()}"
+    if header("completed") not in out:
+        out += f"\n\n{header('completed')}"
+    return out

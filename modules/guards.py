@@ -1,0 +1,48 @@
+"""Turn guards: what makes a generated turn unusable, decided from its text alone.
+
+Pure functions, so the checks are testable without a model and reusable by the verifier.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A line that opens with another speaker's label is that speaker's turn written by the wrong agent.
+_LABEL = re.compile(
+    r"^\s*[\*#>\-\s]*(teacher|student(?:\s+[abc])?|assistant|user|human|gpt)\s*[\*]*\s*:",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+SPEAKER_LABELS: dict[str, str] = {
+    "question": "Question",
+    "teacher": "Teacher",
+    "weak_student": "Student",
+    "strong_student": "Student",
+    "student_a": "Student A",
+    "student_b": "Student B",
+    "student_c": "Student C",
+}
+
+
+def foreign_labels(text: str, speaker: str) -> list[str]:
+    """Labels of other speakers that open a line of this turn (role leakage)."""
+    own = SPEAKER_LABELS.get(speaker, "").lower()
+    found = []
+    for match in _LABEL.finditer(text):
+        label = " ".join(match.group(1).lower().split())
+        if label != own:
+            found.append(label)
+    return found
+
+
+def turn_problems(text: str, speaker: str, finish_reason: str | None) -> list[str]:
+    """Why a turn must be retried (empty, truncated, speaks for another role); [] if fine."""
+    problems = []
+    if not text.strip():
+        problems.append("empty")
+    if finish_reason == "length":
+        problems.append("truncated")
+    leaked = foreign_labels(text, speaker)
+    if leaked:
+        problems.append("role_leakage:" + ",".join(sorted(set(leaked))))
+    return problems

@@ -1,0 +1,68 @@
+"""Role -> dspy.LM: the one place where settings become live models.
+
+Each role gets a ``dspy.LM`` whose engine is our ``CachingEngine`` in front of the real one:
+DSPy's LiteLLM engine for any OpenAI-compatible endpoint, or the embedded SmolLM2. DSPy's own
+response cache is off (``cache=False``) so it never shadows ours; DSPy keeps what it is good
+at (adapters, retries, history).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import dspy
+from dspy.clients.engines import AsyncLiteLLMEngine, LiteLLMEngine
+
+from modules.callcache import AsyncCachingEngine, CachingEngine, CallStore
+from modules.embedded import AsyncEmbeddedEngine, EmbeddedEngine
+from modules.settings import LMSettings, Role, RoleLMs
+
+
+class LMConfigError(Exception):
+    """A role's LM cannot be built (for example its key variable is unset): one clear line."""
+
+
+def _remote_engines(role: Role, settings: LMSettings) -> tuple[object, object]:
+    options: dict[str, object] = {"timeout": settings.timeout_s}
+    if settings.api_base:
+        options["api_base"] = settings.api_base
+    if settings.api_key_env:
+        key = os.environ.get(settings.api_key_env)
+        if not key:
+            raise LMConfigError(
+                f"role {role}: environment variable {settings.api_key_env} is not set "
+                f"(it must hold the API key for {settings.model})"
+            )
+        options["api_key"] = key
+    elif settings.api_base:
+        options["api_key"] = "not-needed"  # local servers ignore it; LiteLLM insists on one
+    return LiteLLMEngine(**options), AsyncLiteLLMEngine(**options)
+
+
+def build_lm(
+    role: Role, settings: LMSettings, store: CallStore | None, num_retries: int = 3
+) -> dspy.LM:
+    if settings.is_embedded:
+        inner = EmbeddedEngine()
+        ainner: object = AsyncEmbeddedEngine(inner)
+    else:
+        inner, ainner = _remote_engines(role, settings)  # type: ignore[assignment]
+    sync = CachingEngine(inner, role, store)
+    return dspy.LM(
+        settings.model,
+        engine=sync,
+        async_engine=AsyncCachingEngine(ainner, sync),
+        cache=False,
+        num_retries=num_retries,
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+    )
+
+
+def build_role_lms(
+    lms: RoleLMs, store: CallStore | None, roles: tuple[Role, ...] | None = None
+) -> Mapping[Role, dspy.LM]:
+    """Build the LMs of the given roles (all four by default)."""
+    wanted = roles or tuple(role for role, _ in lms.items())
+    return {role: build_lm(role, lms.for_role(role), store) for role in wanted}
