@@ -72,6 +72,7 @@ def dataset_rows(dialogues: list[Dialogue], seeds_by_id: dict[str, Any]) -> list
 
 def write_dataset(out: Path, rows: list[dict[str, Any]]) -> None:
     """dataset.parquet (all columns), dataset.jsonl (ShareGPT) and messages.jsonl (OpenAI)."""
+    datasets.disable_progress_bars()
     with atomic_path(out / "dataset.parquet") as tmp:
         datasets.Dataset.from_list(rows).to_parquet(str(tmp))
     write_jsonl(

