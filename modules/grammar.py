@@ -89,19 +89,44 @@ def gbnf_for(fields: list[OutputField]) -> str:
     return "\n".join([root, *rules, text])
 
 
-def close_truncated(text: str, fields: list[OutputField]) -> str:
-    """Finish the structure of a cut-off answer so DSPy can parse what was written.
+def _valid(field: OutputField, value: str) -> bool:
+    choices = field.literal_choices()
+    if choices:
+        return value in choices
+    if field.type == "int":
+        return re.fullmatch(r"-?\d+", value) is not None
+    if field.type == "float":
+        return re.fullmatch(r"-?\d+(\.\d+)?", value) is not None
+    if field.type == "bool":
+        return value in ("True", "False")
+    return True
 
-    Only the structure is completed: the response keeps finish_reason "length", so the turn
-    guards still see and flag the truncation.
+
+def close_truncated(text: str, fields: list[OutputField]) -> str:
+    """Rebuild a cut-off answer so DSPy can parse what was written.
+
+    Complete values are kept; a typed value cut mid-way, or a field never reached, gets its
+    type's default. Only the structure is repaired: the response keeps finish_reason
+    "length", so the turn guards still see and flag the truncation.
     """
-    present = [f for f in fields if header(f.name) in text]
-    out = text.rstrip()
-    if not present and fields:
-        out = f"{header(fields[0].name)}\n{out or fields[0].default_value()}"
-        present = [fields[0]]
-    for field in fields[len(present) :]:
-        out += f"\n\n{header(field.name)}\n{field.default_value()}"
-    if header("completed") not in out:
-        out += f"\n\n{header('completed')}"
-    return out
+    values: dict[str, str] = {}
+    for i, field in enumerate(fields):
+        marker = header(field.name)
+        at = text.find(marker)
+        if at < 0:
+            break
+        rest = text[at + len(marker) :]
+        nxt = header(fields[i + 1].name) if i + 1 < len(fields) else header("completed")
+        end = rest.find(nxt)
+        value = rest if end < 0 else rest[:end]
+        values[field.name] = value.split("[[", 1)[0].strip()
+    if not values and fields and "[[" not in text:
+        values[fields[0].name] = text.strip()  # the model never wrote the first header
+    out = []
+    for field in fields:
+        value = values.get(field.name, "")
+        if not value or not _valid(field, value):
+            value = field.default_value() if field.type != "str" else value
+        out.append(f"{header(field.name)}\n{value}")
+    out.append(header("completed"))
+    return "\n\n".join(out)

@@ -39,3 +39,20 @@ def test_a_truncated_answer_is_closed_so_dspy_parses_it() -> None:
     assert parsed == {"verdict": "correct", "score": 4, "reason": "The stu"}
     empty = dspy.ChatAdapter().parse(JudgeDialogue, close_truncated("", fields))
     assert empty["verdict"] == "correct" and empty["score"] == 0
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        "[[ ## verdict ## ]]\nproced",
+        "[[ ## verdict ## ]]\ncorrect\n\n[[ ## sco",
+        "[[ ## verdict ## ]]\ncorrect\n\n[[ ## score ## ]]\n",
+        "[[ ## ver",
+        "",
+    ],
+)
+def test_every_cut_point_still_parses(cut: str) -> None:
+    fields = output_fields(_system(JudgeDialogue))
+    parsed = dspy.ChatAdapter().parse(JudgeDialogue, close_truncated(cut, fields))
+    assert parsed["verdict"] in ("correct", "procedural_errors")
+    assert isinstance(parsed["score"], int)
