@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import modules  # noqa: F401  (sets the offline environment before the LM stack loads)
 from flows.config import ConfigError, MasterConfig, load_config
 
 EXIT_USAGE = 2

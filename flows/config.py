@@ -94,6 +94,7 @@ class RunConfig(BaseModel):
 
     out: str = "out/run"
     concurrency: int = Field(default=16, gt=0, description="dialogues in flight at once")
+    shard_size: int = Field(default=1000, gt=0, description="seeds per simulation task")
 
 
 class MasterConfig(BaseModel):
@@ -109,7 +110,7 @@ class MasterConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Canonical-JSON hash of what shapes the data (not where it is written)."""
-        data = self.model_dump(mode="json", exclude={"run": {"out", "concurrency"}, "cache": True})
+        data = self.model_dump(mode="json", exclude={"run": True, "cache": True})
         for role in data["lms"].values():
             role.pop("timeout_s", None)
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

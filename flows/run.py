@@ -91,33 +91,33 @@ def _progress(total: int) -> Any:
     return on_done
 
 
-def run_pipeline(
-    cfg: MasterConfig,
-    out: Path | None = None,
-    seed_paths: list[str] | None = None,
-    embedder: Embedder | None = None,
-) -> RunResult:
-    start = time.monotonic()
-    out = Path(out or cfg.run.out)
-    loaded = load_seeds(cfg.seeds, seed_paths)
-    log.info(
-        "loaded %d seeds (%d rows, %d rejected)",
-        len(loaded.seeds),
-        loaded.loaded,
-        len(loaded.rejects),
-    )
-    jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
-
+def open_programs(cfg: MasterConfig, jobs: list[Job]) -> tuple[dict, CallStore | None]:
+    """The scenario programs on the LMs of the roles these jobs need, and the call cache."""
     store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
     needed = tuple(sorted({r for j in jobs for r in ROLES_BY_SCENARIO[j.scenario]}))
     lms = build_role_lms(cfg.lms, store, needed)  # type: ignore[arg-type]
-    programs = build_programs(lms)
+    return build_programs(lms), store
+
+
+def run_shard(jobs: list[Job], cfg: MasterConfig) -> list[Outcome]:
+    """Simulate one shard of jobs, with its own programs and cache handle."""
+    programs, store = open_programs(cfg, jobs)
     try:
-        outcomes = simulate(jobs, programs, cfg, on_done=_progress(len(jobs)))
+        return simulate(jobs, programs, cfg, on_done=_progress(len(jobs)))
     finally:
         if store is not None:
             store.close()
 
+
+def publish(
+    cfg: MasterConfig,
+    out: Path,
+    loaded: LoadResult,
+    plan_rejects: list[Reject],
+    outcomes: list[Outcome],
+    started: float,
+) -> dict[str, Any]:
+    """Write every output file and return the summary (also written as summary.json)."""
     dialogues = [o.dialogue for o in outcomes if o.dialogue is not None]
     sim_rejects = [o.reject for o in outcomes if o.reject is not None]
     records = [rec for o in outcomes for rec in o.calls]
@@ -146,8 +146,31 @@ def run_pipeline(
     }
     write_dataset(out, rows)
     write_rejects(out, [*loaded.rejects, *plan_rejects, *sim_rejects])
-    summary["elapsed_s"] = round(time.monotonic() - start, 3)
-    embedded = any(cfg.lms.for_role(r).is_embedded for r in needed)
+    summary["elapsed_s"] = round(time.monotonic() - started, 3)
+    used = {r for o in outcomes for r in ROLES_BY_SCENARIO[o.job.scenario]}
+    embedded = any(cfg.lms.for_role(r).is_embedded for r in used)  # type: ignore[arg-type]
     write_text(out / "report.md", render_report(summary, rows, embedded, str(out)))
     write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_pipeline(
+    cfg: MasterConfig,
+    out: Path | None = None,
+    seed_paths: list[str] | None = None,
+    embedder: Embedder | None = None,
+) -> RunResult:
+    """The whole job in this process: what `master run` does."""
+    started = time.monotonic()
+    out = Path(out or cfg.run.out)
+    loaded = load_seeds(cfg.seeds, seed_paths)
+    log.info(
+        "loaded %d seeds (%d rows, %d rejected)",
+        len(loaded.seeds),
+        loaded.loaded,
+        len(loaded.rejects),
+    )
+    jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
+    outcomes = run_shard(jobs, cfg)
+    summary = publish(cfg, out, loaded, plan_rejects, outcomes, started)
     return RunResult(out=out, summary=summary)

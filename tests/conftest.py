@@ -19,8 +19,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import modules  # noqa: E402,F401  (offline environment before dspy/litellm load)
 from fake_llm import FakeLLMServer  # noqa: E402
+
+import modules  # noqa: E402,F401  (offline environment before dspy/litellm load)
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -42,7 +43,7 @@ def fake_llm() -> Iterator[FakeLLMServer]:
 
 
 def role_lms(base_url: str, key_env: str | None = None) -> dict[str, dict[str, object]]:
-    """All four roles on the fake server, each under its own model id so requests tell them apart."""
+    """All four roles on the fake server, each under its own model id to tell requests apart."""
     temps = {"weak": 0.8, "peer": 0.6, "strong": 0.2, "judge": 0.0}
     return {
         role: {

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.embedded
 
 
 def _lm(max_tokens: int = 48) -> dspy.LM:
-    return build_lm("judge", LMSettings(model=EMBEDDED_MODEL, temperature=0.2, max_tokens=max_tokens), None)
+    return build_lm(
+        "judge", LMSettings(model=EMBEDDED_MODEL, temperature=0.2, max_tokens=max_tokens), None
+    )
 
 
 def test_typed_fields_parse_even_when_the_answer_is_cut_short() -> None:

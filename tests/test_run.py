@@ -11,8 +11,8 @@ from pathlib import Path
 import datasets
 import polars as pl
 from conftest import PROJECT, role_lms
-
 from fake_llm import FakeLLMServer
+
 from flows.config import load_config
 from flows.formats import alternates
 from flows.run import run_pipeline
@@ -144,8 +144,9 @@ def test_canary_key_never_reaches_any_file_or_log(
     canary = "sk-canary-7f3a9c1e5b2d4f60"
     config = write_config(role_lms(fake_llm.base_url, key_env="MASTER_CANARY_KEY"), sample=6)
     out = tmp_path / "out"
-    proc = _cli("run", "--config", str(config), "--out", str(out), "-v",
-                env={"MASTER_CANARY_KEY": canary})
+    proc = _cli(
+        "run", "--config", str(config), "--out", str(out), "-v", env={"MASTER_CANARY_KEY": canary}
+    )
     assert proc.returncode == 0, proc.stderr
     assert fake_llm.request_count > 0
     assert canary not in proc.stdout and canary not in proc.stderr

@@ -12,8 +12,8 @@ import dspy
 import pytest
 from conftest import role_lms
 from dspy.utils import DummyLM
-
 from fake_llm import FakeLLMServer
+
 from modules.analogy import TRANSITION, Analogy
 from modules.callcache import CallStore, ledger
 from modules.debate import Debate
@@ -56,9 +56,7 @@ def test_error_correction_turns_and_who_sees_the_reference(fake_llm: FakeLLMServ
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
-def test_debate_rounds_and_only_c_sees_the_reference(
-    fake_llm: FakeLLMServer, rounds: int
-) -> None:
+def test_debate_rounds_and_only_c_sees_the_reference(fake_llm: FakeLLMServer, rounds: int) -> None:
     turns = Debate(_lms(fake_llm))(question=QUESTION, reference=REFERENCE, rounds=rounds).turns
     expected = ["question"] + ["student_a", "student_b"] * rounds + ["student_c"]
     assert [t["speaker"] for t in turns] == expected

@@ -1,0 +1,105 @@
+"""The augment flow: the main job as Prefect tasks, for deployments and schedules.
+
+The steps are the same functions `master run` calls (flows/run.py); this file only wires them
+as tasks, splits simulation into shards (never one task per seed), and publishes the report
+and summary as artifacts. Prefect's own task caching is off: it hashes inputs with cloudpickle
+and is per flow run, while our content-addressed LM cache already makes reruns incremental.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.config import MasterConfig, load_config
+from flows.records import Reject
+from flows.run import plan_jobs, publish, run_shard
+from flows.seeds import LoadResult, load_seeds
+from flows.simulate import Job, Outcome
+
+
+@task(name="load-seeds", cache_policy=NO_CACHE)
+def load_task(cfg: MasterConfig, seeds: list[str] | None) -> LoadResult:
+    return load_seeds(cfg.seeds, seeds)
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_task(loaded: LoadResult, cfg: MasterConfig) -> tuple[list[Job], list[Reject]]:
+    return plan_jobs(loaded, cfg)
+
+
+@task(name="simulate-shard", cache_policy=NO_CACHE, task_run_name="simulate-shard-{index}")
+def simulate_task(jobs: list[Job], cfg: MasterConfig, index: int) -> list[Outcome]:
+    return run_shard(jobs, cfg)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(
+    cfg: MasterConfig,
+    out: str,
+    loaded: LoadResult,
+    plan_rejects: list[Reject],
+    outcomes: list[Outcome],
+    started: float,
+) -> dict[str, Any]:
+    summary = publish(cfg, Path(out), loaded, plan_rejects, outcomes, started)
+    create_markdown_artifact(
+        markdown=(Path(out) / "report.md").read_text(encoding="utf-8"),
+        key="augment-report",
+        description="MASTER run report",
+    )
+    create_table_artifact(
+        table=[
+            {"role": role, **{k: v for k, v in stats.items()}}
+            for role, stats in summary["lm"]["by_role"].items()
+        ],
+        key="augment-lm-calls",
+        description="LM calls, cache hits and tokens per role",
+    )
+    create_table_artifact(
+        table=[
+            {"section": section, "key": key, "value": value}
+            for section in ("seeds", "dialogues", "quality")
+            for key, value in summary[section].items()
+            if not isinstance(value, dict)
+        ],
+        key="augment-summary",
+        description="summary.json",
+    )
+    return summary
+
+
+@flow(name="augment", log_prints=True)
+def augment(
+    config_path: str | None = None,
+    profile: str | None = None,
+    out: str | None = None,
+    sample: int | None = None,
+    seeds: list[str] | None = None,
+) -> dict[str, Any]:
+    """Seeds -> dialogues -> dataset. Parameters override the config file's values."""
+    started = time.monotonic()
+    cfg = load_config(config_path, profile)
+    if sample is not None:
+        cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
+    out_dir = out or cfg.run.out
+    loaded = load_task(cfg, seeds)
+    jobs, plan_rejects = plan_task(loaded, cfg)
+    size = cfg.run.shard_size
+    shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    futures = [simulate_task.submit(shard, cfg, i) for i, shard in enumerate(shards)]
+    outcomes = [o for f in futures for o in f.result()]
+    summary = publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started)
+    get_run_logger().info(
+        "%d dialogues, %d LM calls, %d cache hits -> %s",
+        summary["quality"]["accepted"],
+        summary["lm"]["calls"],
+        summary["lm"]["cache_hits"],
+        out_dir,
+    )
+    return summary
