@@ -56,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sample", type=int, metavar="N", help="use N seeds in all (split evenly)")
     run.add_argument("--out", metavar="DIR", help="output folder (default: run.out in the config)")
 
+    show = sub.add_parser(
+        "show-prompts",
+        help="print the prompts every role receives in one dialogue",
+        description="Render, without calling any model, the exact prompts (system and user "
+        "messages) each role of a scenario receives in one dialogue of the configured seeds. "
+        "Model answers appear as placeholders.",
+    )
+    _common(show)
+    show.add_argument(
+        "--scenario", required=True, choices=["error_correction", "debate", "analogy"]
+    )
+    show.add_argument("--seeds", nargs="+", metavar="FILE", help="seed files to take it from")
+
     lm = sub.add_parser("lm", help="language-model utilities")
     lm_sub = lm.add_subparsers(dest="lm_command", metavar="SUBCOMMAND")
     check = lm_sub.add_parser(
@@ -101,6 +114,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"dataset: {result.out / 'dataset.parquet'} (ShareGPT: {result.out / 'dataset.jsonl'})")
     print(f"report:  {result.out / 'report.md'}")
+    return 0
+
+
+def cmd_show_prompts(args: argparse.Namespace) -> int:
+    from flows.prompts import example_job, format_prompts, render_prompts
+    from flows.seeds import load_seeds
+
+    cfg = _load(args)
+    loaded = load_seeds(cfg.seeds, args.seeds)
+    if not loaded.seeds:
+        raise ConfigError("no valid seeds in the configured sources")
+    job = example_job(cfg, loaded.pool, args.scenario)
+    print(f"seed {job.seed.id} ({job.seed.source}, {job.seed.domain}), scenario {job.scenario}")
+    print(format_prompts(render_prompts(cfg, job)))
     return 0
 
 
@@ -154,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "show-prompts":
+            return cmd_show_prompts(args)
         return cmd_lm_check(args)
     except (ConfigError, SeedSourceError, LMConfigError, EmbeddedModelError) as exc:
         for line in str(exc).splitlines():

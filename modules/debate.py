@@ -27,7 +27,8 @@ class Debate(dspy.Module):
         debate: list[dict] = []
         for _ in range(rounds):
             for name, agent in (("Student A", self.student_a), ("Student B", self.student_b)):
-                turn = agent(student_name=name, question=question, dialogue=transcript(debate))
+                so_far = transcript(debate) or "(nobody has spoken yet)"
+                turn = agent(student_name=name, question=question, dialogue=so_far)
                 debate.append(turn)
         turns += debate
         turns.append(

@@ -19,9 +19,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_llm import FakeLLMServer  # noqa: E402
-
 import modules  # noqa: E402,F401  (offline environment before dspy/litellm load)
+from fake_llm import FakeLLMServer  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT.parent / "shared" / "data"

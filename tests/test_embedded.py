@@ -15,8 +15,8 @@ from pathlib import Path
 import dspy
 import polars as pl
 import pytest
-from conftest import PROJECT
 
+from conftest import PROJECT
 from flows.formats import alternates
 from flows.records import Dialogue
 from modules.callcache import ledger

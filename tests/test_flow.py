@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import role_lms
 from prefect.testing.utilities import prefect_test_harness
 
+from conftest import role_lms
 from fake_llm import FakeLLMServer
 
 

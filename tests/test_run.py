@@ -10,9 +10,9 @@ from pathlib import Path
 
 import datasets
 import polars as pl
+
 from conftest import PROJECT, role_lms
 from fake_llm import FakeLLMServer
-
 from flows.config import load_config
 from flows.formats import alternates
 from flows.run import run_pipeline

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import dspy
 import pytest
-from conftest import role_lms
 from dspy.utils import DummyLM
-from fake_llm import FakeLLMServer
 
+from conftest import role_lms
+from fake_llm import FakeLLMServer
 from modules.analogy import TRANSITION, Analogy
 from modules.callcache import CallStore, ledger
 from modules.debate import Debate

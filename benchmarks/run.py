@@ -1,0 +1,189 @@
+"""Benchmark runner: `make bench` (or `python benchmarks/run.py --only NAME`).
+
+Writes benchmarks/results.json (every figure, machine and versions) and benchmarks/RESULTS.md
+(the same as a table, each figure with the command that reproduces it). Results of benches
+not run this time are kept from the previous file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import modules  # noqa: E402,F401
+from fake_llm import FakeLLMServer  # noqa: E402
+from flows.config import load_config  # noqa: E402
+from flows.run import run_pipeline  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS_JSON = ROOT / "benchmarks" / "results.json"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def _shared_sources() -> list[dict[str, str]]:
+    return [
+        {"path": str(SHARED / "gsm8k" / "train.jsonl"), "domain": "math", "name": "gsm8k"},
+        {
+            "path": str(SHARED / "code_alpaca" / "code_alpaca_2k.json"),
+            "domain": "code",
+            "format": "alpaca",
+            "name": "code_alpaca",
+        },
+        {
+            "path": str(SHARED / "self_instruct" / "user_oriented_instructions.jsonl"),
+            "domain": "general",
+            "format": "self_instruct",
+            "name": "self_instruct",
+        },
+    ]
+
+
+def _remote_lms(base_url: str) -> dict[str, dict[str, object]]:
+    return {
+        role: {"model": f"openai/{role}", "api_base": base_url, "temperature": t, "max_tokens": 256}
+        for role, t in (("weak", 0.8), ("peer", 0.6), ("strong", 0.2), ("judge", 0.0))
+    }
+
+
+def _environ(cfg: dict) -> dict[str, str]:
+    """The config as MASTER__ variables over the default file."""
+    env: dict[str, str] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}__{k.upper()}", v)
+        else:
+            env[prefix] = json.dumps(value) if not isinstance(value, str) else value
+
+    walk("MASTER", cfg)
+    return env
+
+
+def bench_throughput(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
+    """Seeds through the pipeline against the fake server; compared with the ideal time."""
+    from conftest import hashing_embedder
+
+    with tempfile.TemporaryDirectory() as tmp, FakeLLMServer(latency=latency) as server:
+        import yaml
+
+        cfg_path = Path(tmp) / "config.yaml"
+        cfg_path.write_text(
+            yaml.safe_dump(
+                {
+                    "lms": _remote_lms(server.base_url),
+                    "seeds": {"sources": _shared_sources(), "sample": seeds},
+                    "cache": {"dir": str(Path(tmp) / "cache")},
+                    "run": {"concurrency": concurrency},
+                }
+            )
+        )
+        cfg = load_config(cfg_path, environ={})
+        cpu0, start = time.process_time(), time.monotonic()
+        result = run_pipeline(cfg, Path(tmp) / "out", embedder=hashing_embedder)
+        wall, cpu = time.monotonic() - start, time.process_time() - cpu0
+        calls = server.request_count
+    ideal = calls * latency / concurrency
+    dialogues = sum(result.summary["dialogues"].values())
+    return {
+        "seeds": seeds,
+        "dialogues": dialogues,
+        "calls": calls,
+        "latency_s": latency,
+        "concurrency": concurrency,
+        "wall_s": round(wall, 2),
+        "ideal_s": round(ideal, 2),
+        "fraction_of_ideal": round(ideal / wall, 3),
+        "cpu_ms_per_call": round(cpu * 1000 / max(calls, 1), 2),
+        "command": f"python benchmarks/run.py --only throughput  # {seeds} seeds",
+    }
+
+
+def bench_embedded(seeds: int = 6) -> dict:
+    """The embedded SmolLM2 model through the whole pipeline, cold cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(environ={"MASTER__CACHE__DIR": str(Path(tmp) / "cache")})
+        cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": seeds})})
+        start = time.monotonic()
+        result = run_pipeline(cfg, Path(tmp) / "out")
+        wall = time.monotonic() - start
+    lm = result.summary["lm"]
+    return {
+        "seeds": seeds,
+        "calls": lm["calls"],
+        "tokens_in": lm["tokens_in"],
+        "tokens_out": lm["tokens_out"],
+        "wall_s": round(wall, 2),
+        "calls_per_s": round(lm["calls"] / wall, 3),
+        "tokens_out_per_s": round(lm["tokens_out"] / wall, 1),
+        "command": "python benchmarks/run.py --only embedded",
+    }
+
+
+BENCHES: dict[str, Callable[[], dict]] = {
+    "throughput": bench_throughput,
+    "embedded": bench_embedded,
+}
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": {p: version(p) for p in ("dspy", "prefect", "litellm", "llama_cpp_python")},
+    }
+
+
+def _markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + f"; run {m['date']}.",
+        "",
+        "| bench | figure | value | command |",
+        "|---|---|---|---|",
+    ]
+    for name, figures in results["benches"].items():
+        command = figures.get("command", "")
+        for key, value in figures.items():
+            if key != "command":
+                lines.append(f"| {name} | {key} | {value} | `{command}` |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="benches to run")
+    args = parser.parse_args()
+    previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    results = {"machine": _machine(), "benches": previous.get("benches", {})}
+    for name in args.only or list(BENCHES):
+        print(f"running {name} ...", flush=True)
+        results["benches"][name] = BENCHES[name]()
+        print(json.dumps(results["benches"][name], indent=2), flush=True)
+    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS_MD.write_text(_markdown(results))
+    print(f"wrote {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

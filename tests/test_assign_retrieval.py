@@ -1,0 +1,105 @@
+"""Scenario assignment by seed id, and similar-question retrieval for analogy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from conftest import PROJECT, hashing_embedder
+from flows.assign import assign_scenario, debate_rounds
+from flows.records import Seed
+
+EVEN = {"error_correction": 1.0, "debate": 1.0, "analogy": 1.0}
+
+
+def _seed(i: int, domain: str = "math", text: str | None = None) -> Seed:
+    return Seed.create("s", domain, text or f"question number {i} about apples", f"answer {i}")
+
+
+def test_assignment_depends_only_on_the_id_and_follows_the_proportions() -> None:
+    seeds = [_seed(i) for i in range(3000)]
+    first = [assign_scenario(s.id, EVEN) for s in seeds]
+    more = [_seed(i) for i in range(3000, 4000)] + seeds  # adding seeds reshuffles nothing
+    again = {s.id: assign_scenario(s.id, EVEN) for s in more}
+    assert first == [again[s.id] for s in seeds]
+    counts = Counter(first)
+    assert all(900 < counts[s] < 1100 for s in EVEN)
+    only_debate = {"error_correction": 0.0, "debate": 1.0, "analogy": 0.0}
+    assert {assign_scenario(s.id, only_debate) for s in seeds[:200]} == {"debate"}
+    skewed = Counter(
+        assign_scenario(s.id, {"error_correction": 3, "debate": 1, "analogy": 0}) for s in seeds
+    )
+    assert skewed["analogy"] == 0 and 2000 < skewed["error_correction"] < 2500
+
+
+def test_debate_rounds_fixed_or_drawn_from_the_id() -> None:
+    ids = [_seed(i).id for i in range(400)]
+    assert {debate_rounds(i, 2) for i in ids} == {2}
+    auto = Counter(debate_rounds(i, "auto") for i in ids)
+    assert set(auto) == {1, 2} and min(auto.values()) > 150
+    assert [debate_rounds(i, "auto") for i in ids] == [debate_rounds(i, "auto") for i in ids]
+
+
+def test_similar_question_is_another_pool_question_of_the_same_domain() -> None:
+    from flows.retrieval import pick_similar
+
+    queries = [
+        _seed(0, "math", "How many apples does Tom have if he buys 3 apples and eats 1?"),
+        _seed(1, "code", "Write a Python function that reverses a list."),
+    ]
+    pool = queries + [
+        _seed(2, "math", "How many apples does Ann have if she buys 5 apples and eats 2?"),
+        _seed(3, "math", "A train travels 60 km per hour for 3 hours. How far does it go?"),
+        _seed(4, "code", "Write a Python function that sorts a list."),
+        _seed(5, "general", "Write a poem about apples that Tom buys and eats."),
+        _seed(6, "math", "How many apples does Tom have if he buys 3 apples and eats 1?!"),
+    ]
+    picks = pick_similar(queries, pool, hashing_embedder, top_k=1)
+    assert picks[queries[0].id].seed.id == pool[2].id  # not the near-duplicate pool[6]
+    assert picks[queries[1].id].seed.id == pool[4].id
+    wider = pick_similar(queries, pool, hashing_embedder, top_k=5)
+    for q in queries:
+        match = wider[q.id]
+        assert match is not None and match.seed.domain == q.domain
+        assert match.seed.id not in {x.id for x in queries}
+    assert wider == pick_similar(queries, pool, hashing_embedder, top_k=5)  # reproducible
+    lonely = pick_similar([_seed(9, "general")], [_seed(9, "general")], hashing_embedder, 5)
+    assert list(lonely.values()) == [None]
+
+
+@pytest.mark.embedded
+def test_minilm_embeddings_rank_a_paraphrase_first() -> None:
+    from flows.retrieval import minilm_embedder
+
+    vectors = minilm_embedder()(
+        [
+            "How many legs does a spider have?",
+            "What is the number of legs of a spider?",
+            "Write a SQL query that lists all customers.",
+        ]
+    )
+    assert vectors.shape == (3, 384)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+@pytest.mark.parametrize("scenario", ["error_correction", "debate", "analogy"])
+def test_show_prompts_renders_every_call_without_a_model(scenario: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "show-prompts", "--scenario", scenario],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = [line for line in proc.stdout.splitlines() if line.startswith("=== call")]
+    expected = {"error_correction": 3, "analogy": 3}.get(scenario)
+    if expected:
+        assert len(calls) == expected
+    else:
+        assert len(calls) in (3, 5)
+    assert "embedded SmolLM2" not in proc.stderr  # no model was loaded
+    assert "your objective is" in proc.stdout
