@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sample", type=int, metavar="N", help="use N seeds in all (split evenly)")
     run.add_argument("--out", metavar="DIR", help="output folder (default: run.out in the config)")
 
+    seeds = sub.add_parser(
+        "seeds",
+        help="run seed ingestion alone: load, dedupe, decontaminate, sample",
+        description="Read the configured sources and write seeds.parquet, rejects.parquet "
+        "(every dropped row with its reason and location) and summary.json (its `seeds` "
+        "block) into the output folder. Calls no model.",
+    )
+    _common(seeds)
+    seeds.add_argument("--seeds", nargs="+", metavar="FILE", help="seed files instead")
+    seeds.add_argument("--sample", type=int, metavar="N", help="keep N seeds in all")
+    seeds.add_argument("--out", metavar="DIR", required=True, help="output folder")
+
     show = sub.add_parser(
         "show-prompts",
         help="print the prompts every role receives in one dialogue",
@@ -96,14 +108,18 @@ def _load(args: argparse.Namespace) -> MasterConfig:
     return load_config(args.config, args.profile)
 
 
+def _with_sample(cfg: MasterConfig, sample: int | None) -> MasterConfig:
+    if sample is None:
+        return cfg
+    if sample <= 0:
+        raise ConfigError("--sample: must be a positive number of seeds")
+    return cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.run import run_pipeline
 
-    cfg = _load(args)
-    if args.sample is not None:
-        if args.sample <= 0:
-            raise ConfigError("--sample: must be a positive number of seeds")
-        cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": args.sample})})
+    cfg = _with_sample(_load(args), args.sample)
     result = run_pipeline(cfg, Path(args.out) if args.out else None, args.seeds)
     s = result.summary
     print(
@@ -114,6 +130,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"dataset: {result.out / 'dataset.parquet'} (ShareGPT: {result.out / 'dataset.jsonl'})")
     print(f"report:  {result.out / 'report.md'}")
+    return 0
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from flows.output import write_json, write_rejects, write_seeds
+    from flows.seeds import load_seeds
+
+    cfg = _with_sample(_load(args), args.sample)
+    started = time.monotonic()
+    loaded = load_seeds(cfg.seeds, args.seeds)
+    out = Path(args.out)
+    write_seeds(out, loaded.seeds)
+    write_rejects(out, loaded.rejects)
+    write_json(
+        out / "summary.json",
+        {"seeds": loaded.counts(), "elapsed_s": round(time.monotonic() - started, 3)},
+    )
+    c = loaded.counts()
+    print(
+        f"{c['kept']} seeds kept of {c['loaded']} rows: {c['rejected']} rejected "
+        f"({c['skipped']} skipped), {c['exact_duplicates']} exact and {c['near_duplicates']} "
+        f"near duplicates, {c['contaminated']} contaminated"
+    )
+    print(f"seeds:   {out / 'seeds.parquet'}\nrejects: {out / 'rejects.parquet'}")
     return 0
 
 
@@ -181,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "seeds":
+            return cmd_seeds(args)
         if args.command == "show-prompts":
             return cmd_show_prompts(args)
         return cmd_lm_check(args)

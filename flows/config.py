@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from flows.mapping import DEFAULT_FIELDS, SourceFormat
 from modules.settings import RoleLMs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,6 @@ PROFILES_DIR = PROJECT_ROOT / "data" / "profiles"
 ENV_PREFIX = "MASTER__"
 
 Domain = Literal["math", "code", "general"]
-SourceFormat = Literal["question_answer", "alpaca", "self_instruct"]
 Scenario = Literal["error_correction", "debate", "analogy"]
 SCENARIOS: tuple[Scenario, ...] = ("error_correction", "debate", "analogy")
 
@@ -40,20 +40,62 @@ class ConfigError(Exception):
     """A user mistake in the configuration; the message is the whole story, one line a problem."""
 
 
-class SourceConfig(BaseModel):
-    """One seed source: where it is, which domain it feeds, how its fields map onto a seed."""
+class DataRef(BaseModel):
+    """Where rows come from (a local file or a Hugging Face dataset) and how fields map."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1, description="local JSONL or JSON-array file")
-    domain: Domain
+    path: str | None = Field(default=None, description="local JSONL, JSON array, Parquet or CSV")
+    hf: str | None = Field(default=None, description="Hugging Face dataset id (streamed)")
+    hf_config: str | None = None
+    split: str = "train"
     format: SourceFormat = "question_answer"
-    sample: int | None = Field(default=None, gt=0, description="rows to take from this source")
-    name: str | None = Field(default=None, description="source label; defaults to the file stem")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="column names, e.g. {question: prompt}"
+    )
+    name: str | None = Field(default=None, description="label; defaults to the file stem or id")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> DataRef:
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give exactly one of `path` or `hf`")
+        unknown = set(self.fields) - set(DEFAULT_FIELDS[self.format])
+        if unknown:
+            raise ValueError(
+                f"fields {sorted(unknown)} unknown for format {self.format} "
+                f"(known: {sorted(DEFAULT_FIELDS[self.format])})"
+            )
+        return self
 
     @property
     def label(self) -> str:
-        return self.name or Path(self.path).stem
+        if self.name:
+            return self.name
+        return Path(self.path).stem if self.path else str(self.hf).rsplit("/", 1)[-1]
+
+
+class SourceConfig(DataRef):
+    """One seed source: a DataRef plus the domain it feeds and how many rows to take."""
+
+    domain: Domain
+    sample: int | None = Field(default=None, gt=0, description="rows to take from this source")
+
+
+class DedupeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0, description="MinHash Jaccard")
+    num_perm: int = Field(default=128, ge=16, le=512)
+    ngram: int = Field(default=5, ge=2, le=16, description="character shingle length")
+
+
+class DecontaminationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eval_sets: list[DataRef] = Field(default_factory=list)
+    ngram: int = Field(default=13, ge=4, le=64, description="shared word n-gram length")
 
 
 class SeedsConfig(BaseModel):
@@ -63,6 +105,13 @@ class SeedsConfig(BaseModel):
     sample: int | None = Field(default=None, gt=0, description="total seeds, split over sources")
     random_seed: int = 0
     max_chars: int = Field(default=20_000, gt=0, description="longer questions are rejected")
+    max_row_bytes: int = Field(default=1_000_000, gt=0, description="larger raw rows rejected")
+    oversample: float = Field(
+        default=1.2, ge=1.0, le=10.0, description="sampled reserve for dedupe losses"
+    )
+    retrieval_pool: int = Field(default=20_000, gt=0, description="analogy pool size cap")
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
 
 
 class ScenarioConfig(BaseModel):

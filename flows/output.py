@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import polars as pl
 
-from flows.records import Dialogue, Reject
+from flows.records import Dialogue, Reject, Seed
 
 REJECT_SCHEMA = {
     "stage": pl.String,
@@ -91,6 +91,13 @@ def write_dataset(out: Path, rows: list[dict[str, Any]]) -> None:
         out / "messages.jsonl",
         [{"messages": r["messages"], "seed_id": r["seed_id"]} for r in rows],
     )
+
+
+def write_seeds(out: Path, seeds: list[Seed]) -> None:
+    rows = [{**s.model_dump(), "meta": json.dumps(s.meta, sort_keys=True)} for s in seeds]
+    schema = {k: pl.String for k in ("id", "source", "domain", "question", "reference", "meta")}
+    with atomic_path(out / "seeds.parquet") as tmp:
+        pl.DataFrame(rows, schema=schema).write_parquet(tmp)
 
 
 def write_rejects(out: Path, rejects: list[Reject]) -> None:

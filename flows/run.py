@@ -126,14 +126,7 @@ def publish(
         flag.split(":", 1)[1].split(":")[0] for d in dialogues for flag in d.quality["turn_flags"]
     )
     summary: dict[str, Any] = {
-        "seeds": {
-            "loaded": loaded.loaded,
-            "rejected": len(loaded.rejects),
-            "exact_duplicates": 0,
-            "near_duplicates": 0,
-            "contaminated": 0,
-            "kept": len(loaded.seeds),
-        },
+        "seeds": loaded.counts(),
         "dialogues": {s: sum(1 for d in dialogues if d.scenario == s) for s in SCENARIOS},
         "quality": {
             "accepted": len(dialogues),
@@ -165,10 +158,12 @@ def run_pipeline(
     out = Path(out or cfg.run.out)
     loaded = load_seeds(cfg.seeds, seed_paths)
     log.info(
-        "loaded %d seeds (%d rows, %d rejected)",
+        "kept %d seeds of %d rows (%d rejected, %d duplicates, %d contaminated)",
         len(loaded.seeds),
         loaded.loaded,
-        len(loaded.rejects),
+        loaded.rejected,
+        loaded.exact_duplicates + loaded.near_duplicates,
+        loaded.contaminated,
     )
     jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
     outcomes = run_shard(jobs, cfg)

@@ -1,35 +1,85 @@
-"""Seed loading: local files into Seed records, bad rows into rejects with their line.
+"""Seed ingestion: sources -> normalised, unique, uncontaminated, sampled seeds.
 
-Pure functions (no Prefect) so they are tested directly. A missing file is a SeedSourceError
-(one line naming the file); a bad row never stops the run, it becomes a Reject.
+Streamed in one pass per source with bounded memory: every row is read and mapped, bad rows
+become rejects with their location, exact duplicates are caught against every earlier row
+(a 16-byte digest each), and a reservoir keeps a uniform sample of `sample x oversample`
+candidates. Near-duplicate detection and decontamination then run on those candidates
+(never on the whole stream), and each source is cut to its quota from the survivors. The
+same config gives the same seeds, in the same order, on any machine.
+
+Pure functions: no Prefect, tested directly.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.config import PROJECT_ROOT, SeedsConfig, SourceConfig
-from flows.records import Reject, Seed
+from flows.config import PROJECT_ROOT, DataRef, SeedsConfig, SourceConfig
+from flows.decontaminate import ContaminationIndex
+from flows.dedupe import exact_key, near_duplicates
+from flows.mapping import Skip, field_names, map_row, missing_columns
+from flows.records import Reject, Seed, seed_id
+from flows.sources import Row, SeedSourceError, read_file, read_hub
 
-_GSM8K_FINAL = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
-
-
-class SeedSourceError(Exception):
-    """A source that cannot be read at all (missing file, wrong shape): one line, no traceback."""
+__all__ = ["LoadResult", "SeedSourceError", "load_seeds", "resolve_path"]
 
 
 @dataclass
 class LoadResult:
     seeds: list[Seed] = field(default_factory=list)
-    pool: list[Seed] = field(default_factory=list)  # every valid seed, before sampling
+    pool: list[Seed] = field(default_factory=list)  # retrieval pool (capped), decontaminated
     rejects: list[Reject] = field(default_factory=list)
     loaded: int = 0
+    rejected: int = 0  # rows that could not become seeds (bad, or skipped shapes)
+    skipped: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    contaminated: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """The `seeds` block of summary.json."""
+        return {
+            "loaded": self.loaded,
+            "rejected": self.rejected,
+            "exact_duplicates": self.exact_duplicates,
+            "near_duplicates": self.near_duplicates,
+            "contaminated": self.contaminated,
+            "kept": len(self.seeds),
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(order=True)
+class _Candidate:
+    """A mapped row before it becomes a Seed; cheap to hold in a reservoir."""
+
+    order: tuple[int, int]  # (source index, row number in the stream)
+    id: str = field(compare=False)
+    question: str = field(compare=False)
+    reference: str = field(compare=False)
+    meta: dict[str, Any] = field(compare=False)
+    location: str = field(compare=False)
+
+
+class _Reservoir:
+    """Algorithm R: a uniform sample of k items from a stream of unknown length."""
+
+    def __init__(self, k: int | None, rng: random.Random) -> None:
+        self.k, self.rng, self.items, self.seen = k, rng, [], 0
+
+    def add(self, item: _Candidate) -> None:
+        self.seen += 1
+        if self.k is None or len(self.items) < self.k:
+            self.items.append(item)
+            return
+        j = self.rng.randrange(self.seen)
+        if j < self.k:
+            self.items[j] = item
 
 
 def resolve_path(path: str) -> Path:
@@ -41,93 +91,44 @@ def resolve_path(path: str) -> Path:
     return bundled if bundled.exists() else p
 
 
-def _iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (location, parsed row); a row that cannot be parsed is yielded as an exception."""
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SeedSourceError(f"{path}: not a valid JSON file ({exc})") from None
-        if not isinstance(data, list):
-            raise SeedSourceError(f"{path}: expected a JSON array of objects")
-        for i, row in enumerate(data):
-            yield f"{path.name}[{i}]", row
-        return
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            loc = f"{path.name}:{lineno}"
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                yield loc, ValueError("invalid UTF-8")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield loc, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield loc, ValueError(f"malformed JSON ({exc.msg})")
+def _rows(ref: DataRef, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
+    if ref.hf is not None:
+        return read_hub(ref.hf, ref.hf_config, ref.split, max_row_bytes)
+    return read_file(resolve_path(str(ref.path)), max_row_bytes)
 
 
-def _text(row: dict[str, Any], key: str) -> str:
-    value = row.get(key, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError(f"field {key!r} is {type(value).__name__}, expected text")
-    return value
+def _where(ref: DataRef) -> str:
+    return f"hf:{ref.hf}" if ref.hf else str(ref.path)
 
 
-def map_row(row: Any, source: SourceConfig) -> tuple[str, str, dict[str, Any]]:
-    """Map one parsed row onto (question, reference, meta) according to the source's format."""
-    if not isinstance(row, dict):
-        raise ValueError(f"row is {type(row).__name__}, expected an object")
-    meta: dict[str, Any] = {}
-    if source.format == "question_answer":
-        question, reference = _text(row, "question"), _text(row, "answer")
-        final = _GSM8K_FINAL.findall(reference)
-        if final:
-            meta["final_answer"] = final[-1].replace(",", "")
-    elif source.format == "alpaca":
-        instruction, extra = _text(row, "instruction"), _text(row, "input")
-        question = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction
-        reference = _text(row, "output")
-    else:  # self_instruct
-        instances = row.get("instances") or [{}]
-        if not isinstance(instances, list) or not isinstance(instances[0], dict):
-            raise ValueError("field 'instances' must be a list of {input, output} objects")
-        first = instances[0]
-        instruction, extra = _text(row, "instruction"), _text(first, "input")
-        question = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction
-        reference = _text(first, "output")
-    if not question.strip():
-        raise ValueError("empty question")
-    if not reference.strip():
-        raise ValueError("empty reference")
-    return question, reference, meta
-
-
-def load_source(source: SourceConfig, max_chars: int) -> LoadResult:
-    path = resolve_path(source.path)
-    if not path.is_file():
-        raise SeedSourceError(f"{source.path}: seed file not found")
-    result = LoadResult()
-    for loc, row in _iter_rows(path):
-        result.loaded += 1
-        try:
-            if isinstance(row, Exception):
-                raise row
-            question, reference, meta = map_row(row, source)
-            if len(question) > max_chars or len(reference) > max_chars:
-                raise ValueError(f"row longer than {max_chars} characters")
-        except ValueError as exc:
-            result.rejects.append(
-                Reject(stage="load", reason=str(exc), source=source.label, location=loc)
-            )
+def iter_mapped(
+    ref: DataRef, max_row_bytes: int, max_chars: int
+) -> Iterator[tuple[str, tuple[str, str, dict[str, Any]] | ValueError]]:
+    """Every row of a source as (location, (question, reference, meta)) or the reason it fails."""
+    names = field_names(ref.format, ref.fields)
+    checked = False
+    for loc, row in _rows(ref, max_row_bytes):
+        if isinstance(row, ValueError):
+            yield loc, row
             continue
-        meta["location"] = loc
-        result.seeds.append(Seed.create(source.label, source.domain, question, reference, meta))
-    return result
+        if not checked:
+            missing = missing_columns(ref.format, names, set(row))
+            if missing:
+                raise SeedSourceError(
+                    f"{_where(ref)}: field {missing[0]!r} not found "
+                    f"(the rows have: {', '.join(sorted(map(str, row))) or 'nothing'}); "
+                    "set the source's `fields` mapping"
+                )
+            checked = True
+        try:
+            question, reference, meta = map_row(row, ref.format, names)
+        except ValueError as exc:
+            yield loc, exc
+            continue
+        if len(question) > max_chars or len(reference) > max_chars:
+            yield loc, ValueError(f"text longer than {max_chars:,} characters")
+            continue
+        yield loc, (question, reference, meta)
 
 
 def _quota(cfg: SeedsConfig, index: int) -> int | None:
@@ -140,31 +141,142 @@ def _quota(cfg: SeedsConfig, index: int) -> int | None:
     return per + (1 if index < extra else 0)
 
 
+def _with_overrides(cfg: SeedsConfig, paths: list[str] | None) -> SeedsConfig:
+    """`--seeds FILE...`: known files keep their configured mapping, others are question/answer."""
+    if not paths:
+        return cfg
+    by_name = {Path(s.path).name: s for s in cfg.sources if s.path}
+    sources = []
+    for p in paths:
+        known = by_name.get(Path(p).name)
+        sources.append(
+            known.model_copy(update={"path": p})
+            if known
+            else SourceConfig(path=p, domain="general", name=Path(p).stem)
+        )
+    return cfg.model_copy(update={"sources": sources})
+
+
+def contamination_index(cfg: SeedsConfig) -> ContaminationIndex:
+    index = ContaminationIndex(n=cfg.decontamination.ngram)
+    for ref in cfg.decontamination.eval_sets:
+        for loc, mapped in iter_mapped(ref, cfg.max_row_bytes, 10**9):
+            if not isinstance(mapped, ValueError):
+                index.add(mapped[0], f"{ref.label}:{loc}")
+    return index
+
+
+def _reject(result: LoadResult, stage: str, reason: str, source: str, loc: str, **kw: Any) -> None:
+    result.rejects.append(Reject(stage=stage, reason=reason, source=source, location=loc, **kw))
+
+
 def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> LoadResult:
-    """Load every source, then sample reproducibly (same config, same seeds, any machine)."""
-    sources = list(cfg.sources)
-    if override_paths:
-        by_stem = {Path(s.path).name: s for s in cfg.sources}
-        sources = []
-        for p in override_paths:
-            known = by_stem.get(Path(p).name)
-            sources.append(
-                known.model_copy(update={"path": p})
-                if known
-                else SourceConfig(path=p, domain="general", name=Path(p).stem)
+    """Read every source and return sampled, deduplicated, decontaminated seeds."""
+    cfg = _with_overrides(cfg, override_paths)
+    result = LoadResult()
+    seen: dict[bytes, str] = {}
+    reservoirs: list[_Reservoir] = []
+    pools: list[_Reservoir] = []
+    pool_cap = max(1, cfg.retrieval_pool // len(cfg.sources))
+    for s_index, source in enumerate(cfg.sources):
+        quota = _quota(cfg, s_index)
+        cap = None if quota is None else math.ceil(quota * cfg.oversample) + 5
+        sample = _Reservoir(cap, random.Random(f"{cfg.random_seed}:sample:{source.label}"))
+        pool = _Reservoir(pool_cap, random.Random(f"{cfg.random_seed}:pool:{source.label}"))
+        for number, (loc, mapped) in enumerate(
+            iter_mapped(source, cfg.max_row_bytes, cfg.max_chars)
+        ):
+            result.loaded += 1
+            if isinstance(mapped, ValueError):
+                result.rejected += 1
+                if isinstance(mapped, Skip):
+                    result.skipped += 1
+                _reject(result, "load", str(mapped), source.label, loc)
+                continue
+            question, reference, meta = mapped
+            sid = seed_id(source.label, question, reference)
+            if cfg.dedupe.exact:
+                key = exact_key(question)
+                kept = seen.get(key)
+                if kept is not None:
+                    result.exact_duplicates += 1
+                    _reject(
+                        result,
+                        "dedupe",
+                        "exact duplicate",
+                        source.label,
+                        loc,
+                        seed_id=sid,
+                        detail=f"kept {kept}",
+                    )
+                    continue
+                seen[key] = sid
+            candidate = _Candidate((s_index, number), sid, question, reference, meta, loc)
+            sample.add(candidate)
+            pool.add(candidate)
+        reservoirs.append(sample)
+        pools.append(pool)
+    del seen
+
+    contamination = contamination_index(cfg)
+    candidates = sorted(c for r in reservoirs for c in r.items)
+    clean: list[_Candidate] = []
+    for c in candidates:
+        hit = contamination.match(c.question) if len(contamination) else None
+        if hit is not None:
+            result.contaminated += 1
+            _reject(
+                result,
+                "decontaminate",
+                f"shares a {cfg.decontamination.ngram}-word sequence with an evaluation set",
+                cfg.sources[c.order[0]].label,
+                c.location,
+                seed_id=c.id,
+                detail=f"{hit[1]}: {hit[0][:120]}",
             )
-        cfg = cfg.model_copy(update={"sources": sources})
-    total = LoadResult()
-    for i, source in enumerate(sources):
-        part = load_source(source, cfg.max_chars)
-        total.loaded += part.loaded
-        total.rejects.extend(part.rejects)
-        total.pool.extend(part.seeds)
-        quota = _quota(cfg, i)
-        chosen = part.seeds
-        if quota is not None and quota < len(chosen):
-            rng = random.Random(f"{cfg.random_seed}:{source.label}")
-            keep = sorted(rng.sample(range(len(chosen)), quota))
-            chosen = [chosen[k] for k in keep]
-        total.seeds.extend(chosen)
-    return total
+        else:
+            clean.append(c)
+    if cfg.dedupe.near and clean:
+        dups = near_duplicates(
+            [c.question for c in clean], cfg.dedupe.threshold, cfg.dedupe.num_perm, cfg.dedupe.ngram
+        )
+        removed = {d.index for d in dups}
+        for d in dups:
+            c, kept = clean[d.index], clean[d.kept]
+            result.near_duplicates += 1
+            _reject(
+                result,
+                "dedupe",
+                f"near duplicate (similarity {d.similarity:.2f})",
+                cfg.sources[c.order[0]].label,
+                c.location,
+                seed_id=c.id,
+                detail=f"kept {kept.id}",
+            )
+        clean = [c for i, c in enumerate(clean) if i not in removed]
+
+    for s_index, source in enumerate(cfg.sources):
+        survivors = [c for c in clean if c.order[0] == s_index]
+        quota = _quota(cfg, s_index)
+        if quota is not None and len(survivors) > quota:
+            rng = random.Random(f"{cfg.random_seed}:quota:{source.label}")
+            survivors = sorted(rng.sample(survivors, quota))
+        result.seeds.extend(_to_seed(c, source) for c in survivors)
+    taken = {s.id for s in result.seeds}
+    for s_index, pool in enumerate(pools):
+        source = cfg.sources[s_index]
+        for c in sorted(pool.items):
+            if c.id in taken or not len(contamination) or contamination.match(c.question) is None:
+                result.pool.append(_to_seed(c, source))
+    return result
+
+
+def _to_seed(c: _Candidate, source: SourceConfig) -> Seed:
+    return Seed(
+        id=c.id,
+        source=source.label,
+        domain=source.domain,
+        question=c.question.strip(),
+        reference=c.reference.strip(),
+        meta={**c.meta, "location": c.location},
+    )

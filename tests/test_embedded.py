@@ -67,6 +67,8 @@ def test_concurrent_calls_to_one_context_are_serialised() -> None:
 def test_master_run_on_the_embedded_model_writes_valid_dialogues(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "MASTER__CACHE__DIR": str(tmp_path / "cache")}
+    for role in ("WEAK", "PEER", "STRONG", "JUDGE"):  # short answers: structure, not content
+        env[f"MASTER__LMS__{role}__MAX_TOKENS"] = "64"
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "--sample", "6", "--out", str(out)],
         capture_output=True,
