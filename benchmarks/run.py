@@ -133,7 +133,94 @@ def bench_embedded(seeds: int = 6) -> dict:
     }
 
 
+def _variants(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """`count` question/answer rows sampled from the shared sets, with numbers and words varied."""
+    import random
+    import re
+
+    rng = random.Random(seed)
+    base = []
+    for line in (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        base.append((row["question"], row["answer"]))
+    for row in json.loads((SHARED / "code_alpaca" / "code_alpaca_2k.json").read_text()):
+        if row["output"].strip():
+            base.append((row["instruction"] + " " + row["input"], row["output"]))
+    vocab = sorted({w for q, _ in base[:3000] for w in q.split() if w.isalpha()})
+    rows = []
+    for i in range(count):
+        q, a = base[i % len(base)] if i < len(base) else rng.choice(base)
+        if i >= len(base):
+            q = re.sub(r"\d+", lambda m: str(rng.randint(2, 999)), q)
+            words = q.split()
+            for _ in range(max(1, len(words) // 4)):
+                words[rng.randrange(len(words))] = rng.choice(vocab)
+            q = " ".join(words)
+        rows.append({"question": q, "answer": a})
+    return rows
+
+
+def bench_dedupe(seeds: int = 200_000) -> dict:
+    """Exact plus near-duplicate dedupe of `seeds` seeds (loading included)."""
+    from flows.config import SeedsConfig
+    from flows.seeds import load_seeds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "seeds.jsonl"
+        with path.open("w") as fh:
+            for row in _variants(seeds):
+                fh.write(json.dumps(row) + "\n")
+        cfg = SeedsConfig.model_validate({"sources": [{"path": str(path), "domain": "math"}]})
+        start = time.monotonic()
+        result = load_seeds(cfg)
+        wall = time.monotonic() - start
+    return {
+        "seeds": seeds,
+        "wall_s": round(wall, 2),
+        "exact_duplicates": result.exact_duplicates,
+        "near_duplicates": result.near_duplicates,
+        "kept": len(result.seeds),
+        "target": "under 60 s",
+        "command": "python benchmarks/run.py --only dedupe",
+    }
+
+
+def bench_load_sharegpt(rows: int = 1_000_000) -> dict:
+    """Load a 1,000,000-row ShareGPT JSONL (sample 19,000) in a child; report its peak memory."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sharegpt.jsonl"
+        variants = _variants(50_000, seed=1)
+        with path.open("w") as fh:
+            for i in range(rows):
+                q = variants[i % len(variants)]
+                conv = [
+                    {"from": "human", "value": f"{q['question']} (#{i})"},
+                    {"from": "gpt", "value": q["answer"]},
+                ]
+                fh.write(json.dumps({"conversations": conv}) + "\n")
+        size_mb = path.stat().st_size / 1e6
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure-load", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "rows": rows,
+        "file_mb": round(size_mb, 1),
+        **figures,
+        "target": "peak under 2,048 MB",
+        "command": "python benchmarks/run.py --only load_sharegpt",
+    }
+
+
 BENCHES: dict[str, Callable[[], dict]] = {
+    "dedupe": bench_dedupe,
+    "load_sharegpt": bench_load_sharegpt,
     "throughput": bench_throughput,
     "embedded": bench_embedded,
 }
@@ -169,10 +256,35 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_load(path: str) -> int:
+    """Child side of load_sharegpt: load in a fresh process so its peak memory is its own."""
+    import resource
+
+    from flows.config import SeedsConfig
+    from flows.seeds import load_seeds
+
+    cfg = SeedsConfig.model_validate(
+        {"sources": [{"path": path, "domain": "general", "format": "sharegpt"}], "sample": 19000}
+    )
+    start = time.monotonic()
+    result = load_seeds(cfg)
+    figures = {
+        "wall_s": round(time.monotonic() - start, 2),
+        "loaded": result.loaded,
+        "kept": len(result.seeds),
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
+    print(json.dumps(figures))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="benches to run")
+    parser.add_argument("--measure-load", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_load:
+        return measure_load(args.measure_load)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     results = {"machine": _machine(), "benches": previous.get("benches", {})}
     for name in args.only or list(BENCHES):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +68,7 @@ class DataRef(BaseModel):
             )
         return self
 
-    @property
+    @cached_property
     def label(self) -> str:
         if self.name:
             return self.name
@@ -87,8 +88,8 @@ class DedupeConfig(BaseModel):
     exact: bool = True
     near: bool = True
     threshold: float = Field(default=0.7, gt=0.0, le=1.0, description="MinHash Jaccard")
-    num_perm: int = Field(default=128, ge=16, le=512)
-    ngram: int = Field(default=5, ge=2, le=16, description="character shingle length")
+    num_perm: int = Field(default=64, ge=16, le=512)
+    ngram: int = Field(default=5, ge=2, le=8, description="character shingle length")
 
 
 class DecontaminationConfig(BaseModel):

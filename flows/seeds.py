@@ -21,7 +21,7 @@ from typing import Any
 
 from flows.config import PROJECT_ROOT, DataRef, SeedsConfig, SourceConfig
 from flows.decontaminate import ContaminationIndex
-from flows.dedupe import exact_key, near_duplicates
+from flows.dedupe import canonical, digest, near_duplicates
 from flows.mapping import Skip, field_names, map_row, missing_columns
 from flows.records import Reject, Seed, seed_id
 from flows.sources import Row, SeedSourceError, read_file, read_hub
@@ -64,6 +64,7 @@ class _Candidate:
     reference: str = field(compare=False)
     meta: dict[str, Any] = field(compare=False)
     location: str = field(compare=False)
+    canon: str = field(compare=False)  # canonical question, for dedupe
 
 
 class _Reservoir:
@@ -179,6 +180,7 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
     pools: list[_Reservoir] = []
     pool_cap = max(1, cfg.retrieval_pool // len(cfg.sources))
     for s_index, source in enumerate(cfg.sources):
+        label = source.label
         quota = _quota(cfg, s_index)
         cap = None if quota is None else math.ceil(quota * cfg.oversample) + 5
         sample = _Reservoir(cap, random.Random(f"{cfg.random_seed}:sample:{source.label}"))
@@ -191,12 +193,13 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
                 result.rejected += 1
                 if isinstance(mapped, Skip):
                     result.skipped += 1
-                _reject(result, "load", str(mapped), source.label, loc)
+                _reject(result, "load", str(mapped), label, loc)
                 continue
             question, reference, meta = mapped
-            sid = seed_id(source.label, question, reference)
+            sid = seed_id(label, question, reference)
+            canon = canonical(question)
             if cfg.dedupe.exact:
-                key = exact_key(question)
+                key = digest(canon)
                 kept = seen.get(key)
                 if kept is not None:
                     result.exact_duplicates += 1
@@ -204,14 +207,14 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
                         result,
                         "dedupe",
                         "exact duplicate",
-                        source.label,
+                        label,
                         loc,
                         seed_id=sid,
                         detail=f"kept {kept}",
                     )
                     continue
                 seen[key] = sid
-            candidate = _Candidate((s_index, number), sid, question, reference, meta, loc)
+            candidate = _Candidate((s_index, number), sid, question, reference, meta, loc, canon)
             sample.add(candidate)
             pool.add(candidate)
         reservoirs.append(sample)
@@ -238,7 +241,7 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
             clean.append(c)
     if cfg.dedupe.near and clean:
         dups = near_duplicates(
-            [c.question for c in clean], cfg.dedupe.threshold, cfg.dedupe.num_perm, cfg.dedupe.ngram
+            [c.canon for c in clean], cfg.dedupe.threshold, cfg.dedupe.num_perm, cfg.dedupe.ngram
         )
         removed = {d.index for d in dups}
         for d in dups:
