@@ -90,6 +90,9 @@ class DedupeConfig(BaseModel):
     threshold: float = Field(default=0.7, gt=0.0, le=1.0, description="MinHash Jaccard")
     num_perm: int = Field(default=64, ge=16, le=512)
     ngram: int = Field(default=5, ge=2, le=8, description="character shingle length")
+    min_words: int = Field(
+        default=8, ge=1, description="shorter questions are only deduplicated exactly"
+    )
 
 
 class DecontaminationConfig(BaseModel):

@@ -12,6 +12,7 @@ Pure functions: no Prefect, tested directly.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -27,6 +28,12 @@ from flows.records import Reject, Seed, seed_id
 from flows.sources import Row, SeedSourceError, read_file, read_hub
 
 __all__ = ["LoadResult", "SeedSourceError", "load_seeds", "resolve_path"]
+
+log = logging.getLogger("master")
+
+
+def label_of(source: DataRef) -> str:
+    return source.label
 
 
 @dataclass
@@ -239,13 +246,17 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
             )
         else:
             clean.append(c)
-    if cfg.dedupe.near and clean:
-        dups = near_duplicates(
-            [c.canon for c in clean], cfg.dedupe.threshold, cfg.dedupe.num_perm, cfg.dedupe.ngram
+    eligible = [i for i, c in enumerate(clean) if len(c.canon.split()) >= cfg.dedupe.min_words]
+    if cfg.dedupe.near and eligible:
+        found = near_duplicates(
+            [clean[i].canon for i in eligible],
+            cfg.dedupe.threshold,
+            cfg.dedupe.num_perm,
+            cfg.dedupe.ngram,
         )
-        removed = {d.index for d in dups}
-        for d in dups:
-            c, kept = clean[d.index], clean[d.kept]
+        removed = {eligible[d.index] for d in found}
+        for d in found:
+            c, kept = clean[eligible[d.index]], clean[eligible[d.kept]]
             result.near_duplicates += 1
             _reject(
                 result,
@@ -261,6 +272,19 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
     for s_index, source in enumerate(cfg.sources):
         survivors = [c for c in clean if c.order[0] == s_index]
         quota = _quota(cfg, s_index)
+        if (
+            quota is not None
+            and len(survivors) < quota
+            and len(survivors) < sum(1 for r in reservoirs[s_index].items)
+            and reservoirs[s_index].seen > len(reservoirs[s_index].items)
+        ):
+            log.warning(
+                "%s: %d seeds kept of %d asked: duplicates and contamination used up the "
+                "oversample reserve (raise seeds.oversample)",
+                label_of(source),
+                len(survivors),
+                quota,
+            )
         if quota is not None and len(survivors) > quota:
             rng = random.Random(f"{cfg.random_seed}:quota:{source.label}")
             survivors = sorted(rng.sample(survivors, quota))

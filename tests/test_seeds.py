@@ -224,3 +224,27 @@ def test_an_unreachable_hub_dataset_is_one_line_saying_how_to_use_a_file(tmp_pat
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "hf:microsoft/orca-math-word-problems-200k" in line and "`path:`" in line
+
+
+def test_a_hub_source_is_streamed_through_datasets(tmp_path: Path) -> None:
+    """The `hf:` path runs through datasets' streaming loader (here on a local dataset folder)."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", [{"q": f"Question {i}?", "a": f"Answer {i}"} for i in range(5)])
+    ref = {"hf": str(folder), "domain": "general", "fields": {"question": "q", "answer": "a"}}
+    result = load_seeds(_cfg(ref))
+    assert [s.reference for s in result.seeds] == [f"Answer {i}" for i in range(5)]
+    assert result.seeds[0].meta["location"].endswith(":train[0]")
+
+
+def test_short_questions_that_differ_are_not_near_duplicates(tmp_path: Path) -> None:
+    rows = [
+        {"question": "Write a poem about cats.", "answer": "..."},
+        {"question": "Write a poem about dogs.", "answer": "..."},
+        {"question": "What is 12 + 30?", "answer": "42"},
+        {"question": "What is 12 + 31?", "answer": "43"},
+    ]
+    result = load_seeds(
+        _cfg({"path": str(_jsonl(tmp_path / "s.jsonl", rows)), "domain": "general"})
+    )
+    assert len(result.seeds) == 4 and result.near_duplicates == 0
