@@ -32,10 +32,6 @@ __all__ = ["LoadResult", "SeedSourceError", "load_seeds", "resolve_path"]
 log = logging.getLogger("master")
 
 
-def label_of(source: DataRef) -> str:
-    return source.label
-
-
 @dataclass
 class LoadResult:
     seeds: list[Seed] = field(default_factory=list)
@@ -272,16 +268,12 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
     for s_index, source in enumerate(cfg.sources):
         survivors = [c for c in clean if c.order[0] == s_index]
         quota = _quota(cfg, s_index)
-        if (
-            quota is not None
-            and len(survivors) < quota
-            and len(survivors) < sum(1 for r in reservoirs[s_index].items)
-            and reservoirs[s_index].seen > len(reservoirs[s_index].items)
-        ):
+        reserve = reservoirs[s_index]
+        if quota is not None and len(survivors) < quota and reserve.seen > len(reserve.items):
             log.warning(
                 "%s: %d seeds kept of %d asked: duplicates and contamination used up the "
                 "oversample reserve (raise seeds.oversample)",
-                label_of(source),
+                source.label,
                 len(survivors),
                 quota,
             )
