@@ -17,10 +17,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.config import MasterConfig, load_config
+from flows.jobs import Job
 from flows.records import Reject
 from flows.run import plan_jobs, publish, run_shard
 from flows.seeds import LoadResult, load_seeds
-from flows.simulate import Job, Outcome
+from flows.simulate import Outcome
 
 
 @task(name="load-seeds", cache_policy=NO_CACHE)

@@ -14,8 +14,9 @@ from dspy.utils import DummyLM
 
 from flows.assign import assign_scenario, debate_rounds
 from flows.config import MasterConfig, Scenario
+from flows.jobs import Job
 from flows.records import Seed
-from flows.simulate import Job, _run_program, build_programs
+from flows.simulate import _run_program, build_programs
 from modules.agents import Agent
 
 

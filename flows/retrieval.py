@@ -12,7 +12,9 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import diskcache
 import numpy as np
 
 from flows.records import Seed
@@ -85,3 +87,31 @@ def pick_similar(
         j, sim = random.Random(query.id).choice(order)
         result[query.id] = Match(candidates[j], sim)
     return result
+
+
+class RetrievalMemory:
+    """Which similar question each analogy seed got, remembered across runs (JSON values)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.cache = diskcache.Cache(str(Path(directory) / "retrieval"), disk=diskcache.JSONDisk)
+
+    def recall(self, queries: Sequence[Seed], pool: Sequence[Seed]) -> dict[str, Match | None]:
+        by_id = {s.id: s for s in pool}
+        query_ids = {q.id for q in queries}
+        found: dict[str, Match | None] = {}
+        for query in queries:
+            entry = self.cache.get(query.id)
+            if not isinstance(entry, dict):
+                continue
+            partner = by_id.get(str(entry.get("similar")))
+            if partner is not None and partner.id not in query_ids:
+                found[query.id] = Match(partner, float(entry.get("similarity", 0.0)))
+        return found
+
+    def remember(self, picks: dict[str, Match | None]) -> None:
+        for query_id, match in picks.items():
+            if match is not None:
+                self.cache.set(query_id, {"similar": match.seed.id, "similarity": match.similarity})
+
+    def close(self) -> None:
+        self.cache.close()

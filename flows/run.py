@@ -16,23 +16,18 @@ from typing import Any
 from flows.accounting import lm_block
 from flows.assign import assign_scenario, debate_rounds
 from flows.config import SCENARIOS, MasterConfig
+from flows.dialogue_cache import DialogueStore
+from flows.jobs import ROLES_BY_SCENARIO, Job
 from flows.output import dataset_rows, write_dataset, write_json, write_rejects, write_text
 from flows.records import Reject
 from flows.report import render_report
-from flows.retrieval import Embedder, minilm_embedder, pick_similar
+from flows.retrieval import Embedder, RetrievalMemory, minilm_embedder, pick_similar
 from flows.seeds import LoadResult, load_seeds
-from flows.simulate import Job, Outcome, build_programs, simulate
+from flows.simulate import Outcome, build_programs, simulate
 from modules.callcache import CallStore
 from modules.lm import build_role_lms
-from modules.settings import Role
 
 log = logging.getLogger("master")
-
-ROLES_BY_SCENARIO: dict[str, tuple[Role, ...]] = {
-    "error_correction": ("weak", "strong"),
-    "debate": ("peer", "strong"),
-    "analogy": ("strong",),
-}
 
 
 @dataclass
@@ -44,14 +39,28 @@ class RunResult:
 def plan_jobs(
     loaded: LoadResult, cfg: MasterConfig, embedder: Embedder | None = None
 ) -> tuple[list[Job], list[Reject]]:
-    """Decide every seed's scenario, rounds and analogy partner before any LM call."""
+    """Decide every seed's scenario, rounds and analogy partner before any LM call.
+
+    Analogy partners are sticky: a choice made by an earlier run is kept while that partner is
+    still in the pool, so adding seeds to a source never re-runs earlier analogy dialogues."""
     assigned = [(s, assign_scenario(s.id, cfg.scenarios.proportions)) for s in loaded.seeds]
     analogy = [s for s, scen in assigned if scen == "analogy"]
     similar: dict[str, Any] = {}
-    if analogy:
-        similar = pick_similar(
-            analogy, loaded.pool, embedder or minilm_embedder(), cfg.scenarios.retrieval_top_k
-        )
+    remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled else None
+    try:
+        if remembered is not None:
+            similar = remembered.recall(analogy, loaded.pool)
+        fresh = [s for s in analogy if s.id not in similar]
+        if fresh:
+            picked = pick_similar(
+                fresh, loaded.pool, embedder or minilm_embedder(), cfg.scenarios.retrieval_top_k
+            )
+            similar.update(picked)
+            if remembered is not None:
+                remembered.remember(picked)
+    finally:
+        if remembered is not None:
+            remembered.close()
     jobs, rejects = [], []
     for seed, scenario in assigned:
         if scenario == "analogy" and similar.get(seed.id) is None:
@@ -102,11 +111,14 @@ def open_programs(cfg: MasterConfig, jobs: list[Job]) -> tuple[dict, CallStore |
 def run_shard(jobs: list[Job], cfg: MasterConfig) -> list[Outcome]:
     """Simulate one shard of jobs, with its own programs and cache handle."""
     programs, store = open_programs(cfg, jobs)
+    dialogues = DialogueStore(cfg.cache.dir) if cfg.cache.enabled else None
     try:
-        return simulate(jobs, programs, cfg, on_done=_progress(len(jobs)))
+        return simulate(jobs, programs, cfg, on_done=_progress(len(jobs)), dialogues=dialogues)
     finally:
         if store is not None:
             store.close()
+        if dialogues is not None:
+            dialogues.close()
 
 
 def publish(

@@ -11,28 +11,20 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dspy
 
 from flows.config import MasterConfig, Scenario
+from flows.dialogue_cache import DialogueStore, dialogue_key
 from flows.formats import to_messages, to_sharegpt
-from flows.records import Dialogue, Reject, Seed
+from flows.jobs import Job
+from flows.records import Dialogue, Reject
 from modules.analogy import Analogy
-from modules.callcache import CallRecord, ledger
+from modules.callcache import CallRecord, dialogue_slot, ledger
 from modules.debate import Debate
 from modules.error_correction import ErrorCorrection
-
-
-@dataclass(frozen=True)
-class Job:
-    """One seed with everything its scenario needs, decided before any LM call."""
-
-    seed: Seed
-    scenario: Scenario
-    rounds: int = 1
-    similar: Seed | None = None
 
 
 @dataclass
@@ -91,20 +83,35 @@ def simulate_one(
     programs: Mapping[Scenario, dspy.Module],
     cfg: MasterConfig,
     versions: Mapping[Scenario, str],
+    dialogues: DialogueStore | None = None,
 ) -> Outcome:
     seed = job.seed
-    with ledger() as book:
-        try:
-            turns = _run_program(programs[job.scenario], job)
-        except Exception as exc:  # noqa: BLE001 - any failure of one dialogue is recorded, not fatal
-            reject = Reject(
-                stage="simulate",
-                reason=_error_reason(exc),
-                source=seed.source,
-                location=seed.meta.get("location"),
-                seed_id=seed.id,
+    key = dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues is not None else None
+    hit = dialogues.get(key) if dialogues is not None and key is not None else None
+    if hit is not None:
+        turns = hit["turns"]
+        calls = [CallRecord(**{**c, "cached": True}) for c in hit["calls"]]
+    else:
+        with ledger() as book, dialogue_slot(f"{seed.id}:{job.scenario}"):
+            try:
+                turns = _run_program(programs[job.scenario], job)
+            except Exception as exc:  # noqa: BLE001 - one dialogue's failure is recorded, not fatal
+                reject = Reject(
+                    stage="simulate",
+                    reason=_error_reason(exc),
+                    source=seed.source,
+                    location=seed.meta.get("location"),
+                    seed_id=seed.id,
+                )
+                return Outcome(job, None, reject, list(book.records))
+        calls = list(book.records)
+        if dialogues is not None and key is not None:
+            dialogues.put(
+                key,
+                turns,
+                [{k: v for k, v in asdict(c).items() if k != "cached"} for c in calls],
+                versions[job.scenario],
             )
-            return Outcome(job, None, reject, list(book.records))
     conversation = to_sharegpt(turns, cfg.scenarios.debate_mapping)
     roles_used = sorted({t["role"] for t in turns if t["role"]})
     flags = sorted({f"{t['speaker']}:{f}" for t in turns for f in t["flags"]})
@@ -128,7 +135,7 @@ def simulate_one(
         },
         quality={"turn_flags": flags},
     )
-    return Outcome(job, dialogue, None, list(book.records))
+    return Outcome(job, dialogue, None, calls)
 
 
 def simulate(
@@ -136,12 +143,15 @@ def simulate(
     programs: Mapping[Scenario, dspy.Module],
     cfg: MasterConfig,
     on_done: Callable[[Outcome], None] | None = None,
+    dialogues: DialogueStore | None = None,
 ) -> list[Outcome]:
     """Run every job with up to run.concurrency dialogues in flight; results in job order."""
     versions = {name: program_version(p) for name, p in programs.items()}
     job_list = list(jobs)
     with ThreadPoolExecutor(max_workers=cfg.run.concurrency, thread_name_prefix="dialogue") as pool:
-        futures = [pool.submit(simulate_one, job, programs, cfg, versions) for job in job_list]
+        futures = [
+            pool.submit(simulate_one, job, programs, cfg, versions, dialogues) for job in job_list
+        ]
         outcomes = []
         for future in futures:
             outcome = future.result()

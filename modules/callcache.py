@@ -52,6 +52,9 @@ class CallLedger:
 
 
 _rollout: contextvars.ContextVar[int] = contextvars.ContextVar("master_rollout", default=0)
+_dialogue: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "master_dialogue", default=None
+)
 _ledger: contextvars.ContextVar[CallLedger | None] = contextvars.ContextVar(
     "master_ledger", default=None
 )
@@ -65,6 +68,36 @@ def rollout(slot: int) -> Iterator[None]:
         yield
     finally:
         _rollout.reset(token)
+
+
+@contextlib.contextmanager
+def dialogue_slot(name: str) -> Iterator[None]:
+    """Calls made inside belong to this dialogue: each is indexed by its position in it, so a
+    dry run can tell *why* a call is not cached (new seed, model, sampling or instructions)."""
+    token = _dialogue.set(name)
+    try:
+        yield
+    finally:
+        _dialogue.reset(token)
+
+
+def current_slot() -> str | None:
+    """`<dialogue>:<n>` for the n-th call of the current dialogue, or None outside one."""
+    name, book = _dialogue.get(), _ledger.get()
+    if name is None or book is None:
+        return None
+    return f"{name}:{len(book.records)}"
+
+
+def slot_facts(request: Request) -> dict[str, Any]:
+    """What identifies a call apart from its dialogue history: model, sampling, instructions."""
+    data = request_to_dict(request)
+    system = canonical_json(data.get("system"))
+    return {
+        "model": request.model,
+        "sampling": data.get("config", {}),
+        "system_sha": hashlib.sha256(system.encode()).hexdigest()[:16],
+    }
 
 
 @contextlib.contextmanager
@@ -106,6 +139,13 @@ class CallStore:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         self.cache.set(key, value)
+
+    def put_slot(self, slot: str, facts: dict[str, Any]) -> None:
+        self.cache.set(f"slot:{slot}", facts)
+
+    def get_slot(self, slot: str) -> dict[str, Any] | None:
+        value = self.cache.get(f"slot:{slot}")
+        return value if isinstance(value, dict) else None
 
     def close(self) -> None:
         self.cache.close()
@@ -150,12 +190,16 @@ class CachingEngine:
 
     def _save(self, key: str, request: Request, response: Response) -> None:
         if self.store is not None:
+            slot = current_slot()
+            if slot is not None:
+                self.store.put_slot(slot, {**slot_facts(request), "call": key})
             self.store.put(
                 key,
                 {
                     "response": response_to_dict(response),
                     "role": self.role,
                     "model": request.model,
+                    "system_sha": slot_facts(request)["system_sha"],
                     "ts": time.time(),
                 },
             )

@@ -1,0 +1,65 @@
+"""The whole-dialogue cache: a finished dialogue stored under the hash of everything it
+depends on, so an unchanged rerun does no DSPy work at all.
+
+The key covers the seed's content, the scenario, its knobs (debate rounds, the analogy's
+second question), the program version (instructions, fields and demos of every predictor)
+and the model settings of the roles the scenario uses. It leaves out what does not change
+an answer: endpoints, timeouts, prices, concurrency. Values are JSON (diskcache JSONDisk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from flows.jobs import ROLES_BY_SCENARIO, Job
+from modules.callcache import canonical_json
+from modules.settings import RoleLMs
+
+DIALOGUE_FORMAT = 1
+
+
+def dialogue_key(job: Job, program_version: str, lms: RoleLMs) -> str:
+    seed, similar = job.seed, job.similar
+    payload = {
+        "v": DIALOGUE_FORMAT,
+        "scenario": job.scenario,
+        "seed": [seed.id, seed.question, seed.reference],
+        "rounds": job.rounds if job.scenario == "debate" else None,
+        "similar": [similar.id, similar.question, similar.reference] if similar else None,
+        "program": program_version,
+        "lms": {
+            role: {
+                k: v
+                for k, v in lms.for_role(role).fingerprint().items()  # type: ignore[arg-type]
+                if k != "api_base"
+            }
+            for role in ROLES_BY_SCENARIO[job.scenario]
+        },
+    }
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+class DialogueStore:
+    def __init__(self, directory: str | Path) -> None:
+        self.cache = diskcache.Cache(str(Path(directory) / "dialogues"), disk=diskcache.JSONDisk)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        value = self.cache.get(key)
+        if isinstance(value, dict) and isinstance(value.get("turns"), list):
+            return value
+        return None
+
+    def put(
+        self, key: str, turns: list[dict[str, Any]], calls: list[dict[str, Any]], version: str
+    ) -> None:
+        self.cache.set(
+            key, {"turns": turns, "calls": calls, "program_version": version, "ts": time.time()}
+        )
+
+    def close(self) -> None:
+        self.cache.close()

@@ -1,0 +1,168 @@
+"""Content-addressed caching, checked by counting the fake server's requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import diskcache
+import pytest
+
+import modules.debate
+import modules.error_correction
+from conftest import PROJECT, role_lms
+from fake_llm import FakeLLMServer
+from flows.config import load_config
+from flows.run import run_pipeline
+from signatures import TeacherCritique
+
+
+def _run(config: Path, embedder, out: Path, **env: str):
+    environ = {f"MASTER__{k}": v for k, v in env.items()}
+    return run_pipeline(load_config(config, environ=environ), out, embedder=embedder)
+
+
+def _by_model(server: FakeLLMServer) -> dict[str, int]:
+    return {k.removesuffix("-model"): v for k, v in server.count_by_model().items()}
+
+
+@pytest.fixture
+def first_run(fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path):
+    config = write_config(role_lms(fake_llm.base_url), sample=6)  # two of each scenario
+    result = _run(config, embedder, tmp_path / "first")
+    fake_llm.reset()
+    return config, result.summary
+
+
+def test_changing_the_teacher_instructions_reruns_only_teacher_and_later_turns(
+    first_run, fake_llm: FakeLLMServer, embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, summary = first_run
+    changed = TeacherCritique.with_instructions(TeacherCritique.instructions + " Be encouraging.")
+    monkeypatch.setattr(modules.error_correction, "TeacherCritique", changed)
+    second = _run(config, embedder, tmp_path / "second").summary
+    n_ec = summary["dialogues"]["error_correction"]
+    assert n_ec > 0
+    # the weak student's turn comes first and is reused; teacher and revision are re-run
+    assert _by_model(fake_llm) == {"strong": 2 * n_ec}
+    assert second["lm"]["by_role"]["weak"]["cache_hits"] == n_ec
+    assert second["lm"]["by_role"]["peer"]["calls"] == 0
+
+
+def test_changing_one_roles_temperature_reruns_only_its_dialogues(
+    first_run, fake_llm: FakeLLMServer, embedder, tmp_path: Path
+) -> None:
+    config, summary = first_run
+    _run(config, embedder, tmp_path / "second", LMS__PEER__TEMPERATURE="0.9")
+    n_debate = summary["dialogues"]["debate"]
+    peer_calls = summary["lm"]["by_role"]["peer"]["calls"]
+    assert n_debate > 0
+    # every debater call is re-run, then student C (its prompt holds the new debate)
+    assert _by_model(fake_llm) == {"peer": peer_calls, "strong": n_debate}
+
+
+def test_changing_a_model_reruns_only_that_role(
+    first_run, fake_llm: FakeLLMServer, embedder, tmp_path: Path
+) -> None:
+    config, summary = first_run
+    _run(config, embedder, tmp_path / "second", LMS__WEAK__MODEL="openai/weak2-model")
+    n_ec = summary["dialogues"]["error_correction"]
+    assert _by_model(fake_llm) == {"weak2": n_ec, "strong": 2 * n_ec}
+
+
+def test_adding_and_editing_seeds_runs_only_their_dialogues(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    import json
+
+    from conftest import BUNDLED
+
+    rows = [json.loads(x) for x in (BUNDLED / "gsm8k_train_sample.jsonl").read_text().splitlines()]
+    seeds = tmp_path / "math.jsonl"
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    sources = [{"path": str(seeds), "domain": "math", "name": "math"}]
+    config = write_config(role_lms(fake_llm.base_url), sample=None)
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["seeds"] = {"sources": sources, "dedupe": {"near": False}}
+    config.write_text(yaml.safe_dump(data))
+    first = _run(config, embedder, tmp_path / "a").summary
+    assert sum(first["dialogues"].values()) == 20
+    fake_llm.reset()
+
+    edited = dict(rows[3], answer=rows[3]["answer"] + " (checked)")
+    new_rows = rows[:3] + [edited] + rows[4:20] + rows[20:22]
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in new_rows))
+    second = _run(config, embedder, tmp_path / "b").summary
+    assert sum(second["dialogues"].values()) == 22
+    changed_calls = second["lm"]["calls"]
+    assert changed_calls == fake_llm.request_count > 0
+    per_dialogue = first["lm"]["calls"] / 20
+    assert changed_calls <= 3 * per_dialogue * 2  # three dialogues' worth, never the whole set
+    assert second["lm"]["cache_hits"] >= first["lm"]["calls"] - 2 * per_dialogue * 2
+
+
+def _cli_run(config: Path, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--out", str(out)],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
+def _finished_calls(cache_dir: Path) -> int:
+    with diskcache.Cache(str(cache_dir), disk=diskcache.JSONDisk) as cache:
+        return sum(1 for key in cache.iterkeys() if not str(key).startswith("slot:"))
+
+
+def test_a_killed_run_resumes_with_only_the_unfinished_calls(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    with FakeLLMServer(latency=0.05) as server:
+        config = write_config(role_lms(server.base_url), sample=9, run={"concurrency": 2})
+        proc = _cli_run(config, tmp_path / "out")
+        assert server.wait_for_requests(8, timeout=180)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        finished = _finished_calls(tmp_path / "cache")
+        assert not (tmp_path / "out" / "summary.json").exists()
+        server.reset()
+        proc = _cli_run(config, tmp_path / "out")
+        assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
+        resumed = server.request_count
+
+        server.reset()
+        fresh_config = tmp_path / "fresh.yaml"
+        fresh_config.write_text(
+            config.read_text().replace(str(tmp_path / "cache"), str(tmp_path / "cache2"))
+        )
+        proc = _cli_run(fresh_config, tmp_path / "fresh")
+        assert proc.wait(timeout=300) == 0
+        total = server.request_count
+    assert 0 < finished < total
+    assert resumed == total - finished
+    for name in ("dataset.jsonl", "messages.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+def test_two_runs_at_once_on_one_cache_both_finish(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    with FakeLLMServer(latency=0.02) as server:
+        config = write_config(role_lms(server.base_url), sample=9)
+        procs = [_cli_run(config, tmp_path / f"out{i}") for i in range(2)]
+        deadline = time.monotonic() + 300
+        codes = [p.wait(timeout=max(1, deadline - time.monotonic())) for p in procs]
+    assert codes == [0, 0], [p.stderr.read() for p in procs if p.stderr]
+    assert (tmp_path / "out0" / "dataset.jsonl").read_bytes() == (
+        tmp_path / "out1" / "dataset.jsonl"
+    ).read_bytes()
