@@ -68,6 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--sample", type=int, metavar="N", help="keep N seeds in all")
     seeds.add_argument("--out", metavar="DIR", required=True, help="output folder")
 
+    plan = sub.add_parser(
+        "plan",
+        help="what `master run` would call and cost, without calling any model",
+        description="Same inputs as `master run`. Calls no LM: per scenario and role, prints "
+        "how many calls are cached and how many would be made, and why (new seed, "
+        "instructions changed, sampling changed, model changed, earlier turn changed), with "
+        "estimated tokens and, where prices are configured, cost.",
+    )
+    _common(plan)
+    plan.add_argument("--seeds", nargs="+", metavar="FILE", help="seed files instead")
+    plan.add_argument("--sample", type=int, metavar="N", help="use N seeds in all")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    cache = sub.add_parser("cache", help="inspect or prune the LM cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
+    stats = cache_sub.add_parser("stats", help="entries, size, per role and model")
+    _common(stats)
+    stats.add_argument("--json", action="store_true", help="print as JSON")
+    prune = cache_sub.add_parser(
+        "prune",
+        help="delete old entries, or those no current program uses",
+        description="Delete cache entries older than --older-than DAYS, and/or (--unused) "
+        "those whose instructions or program version no current program has.",
+    )
+    _common(prune)
+    prune.add_argument("--older-than", type=float, metavar="DAYS")
+    prune.add_argument("--unused", action="store_true")
+
     show = sub.add_parser(
         "show-prompts",
         help="print the prompts every role receives in one dialogue",
@@ -157,6 +185,44 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.plan import format_plan, plan_run
+
+    cfg = _with_sample(_load(args), args.sample)
+    result = plan_run(cfg, args.seeds)
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.cache_admin import cache_stats, prune
+
+    cfg = _load(args)
+    if args.cache_command == "stats":
+        stats = cache_stats(cfg.cache.dir)
+        if args.json:
+            print(json.dumps(stats, indent=2))
+        else:
+            c = stats["calls"]
+            print(
+                f"cache {stats['dir']}: {c['entries']} LM calls ({c['bytes']:,} bytes), "
+                f"{stats['dialogues']['entries']} dialogues, "
+                f"{stats['retrieval']['entries']} analogy partners"
+            )
+            for role, n in c["by_role"].items():
+                print(f"  {role:<7} {n}")
+        return 0
+    if args.older_than is None and not args.unused:
+        raise ConfigError("cache prune: say what to delete (--older-than DAYS and/or --unused)")
+    removed = prune(cfg.cache.dir, args.older_than, args.unused)
+    print(", ".join(f"{v} {k} removed" for k, v in removed.items()))
+    return 0
+
+
 def cmd_show_prompts(args: argparse.Namespace) -> int:
     from flows.prompts import example_job, format_prompts, render_prompts
     from flows.seeds import load_seeds
@@ -210,9 +276,13 @@ def cmd_lm_check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None or (args.command == "lm" and args.lm_command is None):
-        parser.print_help() if args.command is None else parser.parse_args(["lm", "--help"])
+    if args.command is None:
+        parser.print_help()
         return EXIT_USAGE
+    if args.command == "lm" and args.lm_command is None:
+        parser.parse_args(["lm", "--help"])
+    if args.command == "cache" and args.cache_command is None:
+        parser.parse_args(["cache", "--help"])
     _setup_logging(args.verbose)
     from flows.seeds import SeedSourceError
     from modules.embedded import EmbeddedModelError
@@ -221,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "plan":
+            return cmd_plan(args)
+        if args.command == "cache":
+            return cmd_cache(args)
         if args.command == "seeds":
             return cmd_seeds(args)
         if args.command == "show-prompts":

@@ -37,7 +37,10 @@ class RunResult:
 
 
 def plan_jobs(
-    loaded: LoadResult, cfg: MasterConfig, embedder: Embedder | None = None
+    loaded: LoadResult,
+    cfg: MasterConfig,
+    embedder: Embedder | None = None,
+    remember: bool = True,
 ) -> tuple[list[Job], list[Reject]]:
     """Decide every seed's scenario, rounds and analogy partner before any LM call.
 
@@ -56,7 +59,7 @@ def plan_jobs(
                 fresh, loaded.pool, embedder or minilm_embedder(), cfg.scenarios.retrieval_top_k
             )
             similar.update(picked)
-            if remembered is not None:
+            if remembered is not None and remember:
                 remembered.remember(picked)
     finally:
         if remembered is not None:

@@ -24,7 +24,9 @@ from typing import Any
 
 import diskcache
 from dspy._vendor.lm15.serde import request_to_dict, response_from_dict, response_to_dict
-from dspy.lm15 import Request, Response, response_to_events
+from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
+
+from modules.grammar import header, output_fields
 
 CACHE_FORMAT = 1
 
@@ -40,6 +42,7 @@ class CallRecord:
     tokens_in: int
     tokens_out: int
     finish_reason: str
+    reason: str | None = None  # dry runs: why this call is not cached
 
 
 @dataclass
@@ -246,3 +249,71 @@ class AsyncCachingEngine:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def miss_reason(store: CallStore, request: Request, slot: str | None) -> str:
+    """Why a call's key is not in the cache, judged against what this slot ran last time."""
+    previous = store.get_slot(slot) if slot else None
+    if previous is None:
+        return "new seed"
+    facts = slot_facts(request)
+    if previous.get("model") != facts["model"]:
+        return "model changed"
+    if previous.get("sampling") != facts["sampling"]:
+        return "sampling changed"
+    if previous.get("system_sha") != facts["system_sha"]:
+        return "instructions changed"
+    return "earlier turn changed"
+
+
+def _placeholder(request: Request) -> str:
+    """A parseable answer standing in for one not yet generated."""
+    system = request.system if isinstance(request.system, str) else ""
+    parts = [
+        f"{header(f.name)}\n{'(pending)' if f.type == 'str' else f.default_value()}"
+        for f in output_fields(system)
+    ]
+    return "\n\n".join([*parts, header("completed")]) if parts else "(pending)"
+
+
+class DryRunEngine:
+    """`master plan`: answers from the cache where it can, and otherwise records the call it
+    would make (with the reason and estimated tokens) and answers with a placeholder. Because
+    the placeholder enters later prompts, every later turn of that dialogue is a miss too,
+    exactly as in a real run."""
+
+    def __init__(self, role: str, store: CallStore) -> None:
+        self.role = role
+        self.store = store
+
+    def complete(self, request: Request) -> Response:
+        key = call_key(request, _rollout.get())
+        hit = self.store.get(key)
+        if hit is not None:
+            response = response_from_dict(hit["response"])
+            _record(self.role, request, key, response, cached=True)
+            return response
+        reason = miss_reason(self.store, request, current_slot())
+        chars = len(canonical_json(request_to_dict(request).get("messages"))) + len(
+            str(request.system or "")
+        )
+        response = Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant([TextPart(_placeholder(request))]),
+            finish_reason="stop",
+            usage=Usage(
+                input_tokens=chars // 4, output_tokens=(request.config.max_tokens or 0) // 2
+            ),
+        )
+        _record(self.role, request, key, response, cached=False)
+        book = _ledger.get()
+        if book is not None:
+            book.records[-1].reason = reason
+        return response
+
+    def stream(self, request: Request) -> Any:
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,108 @@
+"""`master cache stats` and `master cache prune`: look after the cache folder.
+
+The folder holds four diskcache stores: LM calls (and their slot index) at the top, whole
+dialogues, and analogy partners. Values are JSON; nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import dspy
+
+from flows.simulate import build_programs, program_version
+from modules.callcache import canonical_json
+from signatures import JudgeDialogue
+
+
+def _open(path: Path) -> diskcache.Cache:
+    return diskcache.Cache(str(path), disk=diskcache.JSONDisk)
+
+
+def cache_stats(directory: str | Path) -> dict[str, Any]:
+    root = Path(directory)
+    stats: dict[str, Any] = {"dir": str(root)}
+    with _open(root) as calls:
+        by_role: Counter[str] = Counter()
+        by_model: Counter[str] = Counter()
+        times: list[float] = []
+        slots = 0
+        for key in calls.iterkeys():
+            if str(key).startswith("slot:"):
+                slots += 1
+                continue
+            value = calls.get(key)
+            if isinstance(value, dict):
+                by_role[str(value.get("role"))] += 1
+                by_model[str(value.get("model"))] += 1
+                times.append(float(value.get("ts", 0)))
+        stats["calls"] = {
+            "entries": sum(by_role.values()),
+            "slots": slots,
+            "bytes": calls.volume(),
+            "by_role": dict(sorted(by_role.items())),
+            "by_model": dict(sorted(by_model.items())),
+            "oldest": min(times) if times else None,
+            "newest": max(times) if times else None,
+        }
+    for name in ("dialogues", "retrieval"):
+        with _open(root / name) as store:
+            stats[name] = {"entries": len(store), "bytes": store.volume()}
+    return stats
+
+
+def current_instruction_shas() -> set[str]:
+    """The system-prompt hashes the current programs send, hashed as `slot_facts` does."""
+    adapter = dspy.ChatAdapter()
+    signatures = [
+        p.signature for prog in build_programs({}).values() for _, p in prog.named_predictors()
+    ] + [JudgeDialogue]
+    shas = set()
+    for sig in signatures:
+        inputs = {name: "x" for name in sig.input_fields}
+        system = adapter.format(sig, demos=[], inputs=inputs)[0]["content"]
+        shas.add(hashlib.sha256(canonical_json(system).encode()).hexdigest()[:16])
+    return shas
+
+
+def prune(
+    directory: str | Path, older_than_days: float | None = None, unused: bool = False
+) -> dict[str, int]:
+    """Delete entries older than N days, and/or those no current program would ask for."""
+    root = Path(directory)
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    shas = current_instruction_shas() if unused else set()
+    versions = {program_version(p) for p in build_programs({}).values()} if unused else set()
+    removed = {"calls": 0, "slots": 0, "dialogues": 0}
+
+    def stale(value: Any, field: str, current: set[str]) -> bool:
+        if not isinstance(value, dict):
+            return True
+        if cutoff is not None and float(value.get("ts", 0)) < cutoff:
+            return True
+        return unused and value.get(field) not in current
+
+    with _open(root) as calls:
+        for key in list(calls.iterkeys()):
+            if str(key).startswith("slot:"):
+                continue
+            if stale(calls.get(key), "system_sha", shas):
+                calls.delete(key)
+                removed["calls"] += 1
+        for key in list(calls.iterkeys()):
+            if str(key).startswith("slot:"):
+                value = calls.get(key)
+                if not isinstance(value, dict) or value.get("call") not in calls:
+                    calls.delete(key)
+                    removed["slots"] += 1
+    with _open(root / "dialogues") as store:
+        for key in list(store.iterkeys()):
+            if stale(store.get(key), "program_version", versions):
+                store.delete(key)
+                removed["dialogues"] += 1
+    return removed
