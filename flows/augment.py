@@ -19,9 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.config import MasterConfig, load_config
 from flows.jobs import Job
 from flows.records import Reject
-from flows.run import plan_jobs, publish, run_shard
+from flows.run import plan_jobs, publish, roles_in_use, run_shard
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import Outcome
+from modules.lm import check_keys
 
 
 @task(name="load-seeds", cache_policy=NO_CACHE)
@@ -89,6 +90,7 @@ def augment(
     if sample is not None:
         cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
     out_dir = out or cfg.run.out
+    check_keys(cfg.lms, roles_in_use(cfg))
     loaded = load_task(cfg, seeds)
     jobs, plan_rejects = plan_task(loaded, cfg)
     size = cfg.run.shard_size

@@ -25,7 +25,8 @@ from flows.retrieval import Embedder, RetrievalMemory, minilm_embedder, pick_sim
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import Outcome, build_programs, simulate
 from modules.callcache import CallStore
-from modules.lm import build_role_lms
+from modules.lm import build_role_lms, check_keys
+from modules.settings import Role
 
 log = logging.getLogger("master")
 
@@ -34,6 +35,17 @@ log = logging.getLogger("master")
 class RunResult:
     out: Path
     summary: dict[str, Any]
+
+
+def roles_in_use(cfg: MasterConfig) -> tuple[Role, ...]:
+    """The roles the scenarios with a non-zero share need."""
+    used = {
+        role
+        for scenario, weight in cfg.scenarios.proportions.items()
+        if weight > 0
+        for role in ROLES_BY_SCENARIO[scenario]
+    }
+    return tuple(sorted(used))  # type: ignore[arg-type]
 
 
 def plan_jobs(
@@ -171,6 +183,7 @@ def run_pipeline(
     """The whole job in this process: what `master run` does."""
     started = time.monotonic()
     out = Path(out or cfg.run.out)
+    check_keys(cfg.lms, roles_in_use(cfg))
     loaded = load_seeds(cfg.seeds, seed_paths)
     log.info(
         "kept %d seeds of %d rows (%d rejected, %d duplicates, %d contaminated)",

@@ -23,6 +23,17 @@ class LMConfigError(Exception):
     """A role's LM cannot be built (for example its key variable is unset): one clear line."""
 
 
+def check_keys(lms: RoleLMs, roles: tuple[Role, ...]) -> None:
+    """Fail before any work if a role's key variable is unset, not minutes into a run."""
+    for role in roles:
+        settings = lms.for_role(role)
+        if settings.api_key_env and not os.environ.get(settings.api_key_env):
+            raise LMConfigError(
+                f"role {role}: environment variable {settings.api_key_env} is not set "
+                f"(it must hold the API key for {settings.model})"
+            )
+
+
 def _remote_engines(role: Role, settings: LMSettings) -> tuple[object, object]:
     options: dict[str, object] = {"timeout": settings.timeout_s}
     if settings.api_base:
