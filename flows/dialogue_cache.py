@@ -48,6 +48,9 @@ class DialogueStore:
     def __init__(self, directory: str | Path) -> None:
         self.cache = diskcache.Cache(str(Path(directory) / "dialogues"), disk=diskcache.JSONDisk)
 
+    def has(self, key: str) -> bool:
+        return key in self.cache
+
     def get(self, key: str) -> dict[str, Any] | None:
         value = self.cache.get(key)
         if isinstance(value, dict) and isinstance(value.get("turns"), list):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,9 +84,11 @@ def simulate_one(
     cfg: MasterConfig,
     versions: Mapping[Scenario, str],
     dialogues: DialogueStore | None = None,
+    key: str | None = None,
 ) -> Outcome:
     seed = job.seed
-    key = dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues is not None else None
+    if dialogues is not None and key is None:
+        key = dialogue_key(job, versions[job.scenario], cfg.lms)
     hit = dialogues.get(key) if dialogues is not None and key is not None else None
     if hit is not None:
         turns = hit["turns"]
@@ -145,16 +147,25 @@ def simulate(
     on_done: Callable[[Outcome], None] | None = None,
     dialogues: DialogueStore | None = None,
 ) -> list[Outcome]:
-    """Run every job with up to run.concurrency dialogues in flight; results in job order."""
+    """Run every job with up to run.concurrency dialogues in flight; results in job order.
+
+    Dialogues already in the dialogue cache are answered here, without a thread: a fully
+    cached rerun costs one cache read per seed."""
     versions = {name: program_version(p) for name, p in programs.items()}
     job_list = list(jobs)
     with ThreadPoolExecutor(max_workers=cfg.run.concurrency, thread_name_prefix="dialogue") as pool:
-        futures = [
-            pool.submit(simulate_one, job, programs, cfg, versions, dialogues) for job in job_list
-        ]
+        pending: list[Future[Outcome] | Outcome] = []
+        for job in job_list:
+            key = dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues else None
+            if dialogues is not None and key is not None and dialogues.has(key):
+                pending.append(simulate_one(job, programs, cfg, versions, dialogues, key))
+            else:
+                pending.append(
+                    pool.submit(simulate_one, job, programs, cfg, versions, dialogues, key)
+                )
         outcomes = []
-        for future in futures:
-            outcome = future.result()
+        for item in pending:
+            outcome = item.result() if isinstance(item, Future) else item
             if on_done is not None:
                 on_done(outcome)
             outcomes.append(outcome)
