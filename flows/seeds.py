@@ -174,6 +174,14 @@ def _reject(result: LoadResult, stage: str, reason: str, source: str, loc: str, 
     result.rejects.append(Reject(stage=stage, reason=reason, source=source, location=loc, **kw))
 
 
+def _drop(
+    result: LoadResult, cfg: SeedsConfig, c: _Candidate, stage: str, reason: str, detail: str
+) -> None:
+    """Reject a sampled candidate, naming its source, line and seed id."""
+    label = cfg.sources[c.order[0]].label
+    _reject(result, stage, reason, label, c.location, seed_id=c.id, detail=detail)
+
+
 def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> LoadResult:
     """Read every source and return sampled, deduplicated, decontaminated seeds."""
     cfg = _with_overrides(cfg, override_paths)
@@ -231,15 +239,8 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
         hit = contamination.match(c.question) if len(contamination) else None
         if hit is not None:
             result.contaminated += 1
-            _reject(
-                result,
-                "decontaminate",
-                f"shares a {cfg.decontamination.ngram}-word sequence with an evaluation set",
-                cfg.sources[c.order[0]].label,
-                c.location,
-                seed_id=c.id,
-                detail=f"{hit[1]}: {hit[0][:120]}",
-            )
+            reason = f"shares a {cfg.decontamination.ngram}-word sequence with an evaluation set"
+            _drop(result, cfg, c, "decontaminate", reason, f"{hit[1]}: {hit[0][:120]}")
         else:
             clean.append(c)
     eligible = [i for i, c in enumerate(clean) if len(c.canon.split()) >= cfg.dedupe.min_words]
@@ -254,15 +255,8 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
         for d in found:
             c, kept = clean[eligible[d.index]], clean[eligible[d.kept]]
             result.near_duplicates += 1
-            _reject(
-                result,
-                "dedupe",
-                f"near duplicate (similarity {d.similarity:.2f})",
-                cfg.sources[c.order[0]].label,
-                c.location,
-                seed_id=c.id,
-                detail=f"kept {kept.id}",
-            )
+            reason = f"near duplicate (similarity {d.similarity:.2f})"
+            _drop(result, cfg, c, "dedupe", reason, f"kept {kept.id}")
         clean = [c for i, c in enumerate(clean) if i not in removed]
 
     for s_index, source in enumerate(cfg.sources):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ import modules  # noqa: E402,F401  (offline environment before dspy/litellm load
 from fake_llm import FakeLLMServer  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
-SHARED_DATA = PROJECT.parent / "shared" / "data"
+# CI lays a copy of shared/ beside the clone; MASTER_SHARED_DATA points elsewhere if needed.
+SHARED_DATA = Path(os.environ.get("MASTER_SHARED_DATA", PROJECT.parent / "shared" / "data"))
 BUNDLED = PROJECT / "data" / "seeds"
 
 
@@ -101,6 +103,20 @@ def hashing_embedder(texts: Sequence[str]) -> np.ndarray:
             vectors[i, int(hashlib.md5(word.encode()).hexdigest()[:6], 16) % 256] += 1.0
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-9)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`master ARGS` in a child process, as a user runs it, with the project as working dir."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture

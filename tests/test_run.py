@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 import polars as pl
 
-from conftest import PROJECT, role_lms
+from conftest import role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.config import load_config
 from flows.formats import alternates
@@ -99,17 +97,7 @@ def test_a_failing_endpoint_rejects_dialogues_and_the_run_goes_on(
     assert all(r for r in failed["reason"].to_list())
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+_cli = run_cli
 
 
 def test_lm_check_ok_against_the_fake_server(

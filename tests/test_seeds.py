@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from conftest import PROJECT, SHARED_DATA
+from conftest import SHARED_DATA, run_cli
 from flows.config import SeedsConfig
 from flows.seeds import SeedSourceError, load_seeds
 
@@ -193,15 +190,7 @@ def test_sampling_is_reproducible_and_seed_dependent() -> None:
     assert a == b and len(a) == 50 and a != c
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT,
-        timeout=120,
-        env=dict(os.environ),
-    )
+_cli = run_cli
 
 
 def test_master_seeds_writes_seeds_rejects_and_summary(tmp_path: Path) -> None:
