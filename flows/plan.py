@@ -18,7 +18,7 @@ from flows.dialogue_cache import DialogueStore, dialogue_key
 from flows.retrieval import Embedder
 from flows.run import plan_jobs
 from flows.seeds import load_seeds
-from flows.simulate import _run_program, build_programs, program_version
+from flows.simulate import build_programs, program_version, run_program
 from modules.callcache import CallRecord, CallStore, DryRunEngine, dialogue_slot, ledger
 
 
@@ -60,7 +60,7 @@ def plan_run(
                 records = [CallRecord(**{**c, "cached": True}) for c in hit["calls"]]
             else:
                 with ledger() as book, dialogue_slot(f"{job.seed.id}:{job.scenario}"):
-                    _run_program(programs[job.scenario], job)
+                    run_program(programs[job.scenario], job)
                 records = book.records
             for rec in records:
                 row = rows[(job.scenario, rec.role)]

@@ -16,7 +16,7 @@ from flows.assign import assign_scenario, debate_rounds
 from flows.config import MasterConfig, Scenario
 from flows.jobs import Job
 from flows.records import Seed
-from flows.simulate import _run_program, build_programs
+from flows.simulate import build_programs, run_program
 from modules.agents import Agent
 
 
@@ -28,7 +28,7 @@ def render_prompts(cfg: MasterConfig, job: Job) -> list[dict[str, Any]]:
         placeholder = f"<{agent.speaker} answers here>"
         agent.predict.lm = DummyLM([{agent.output_field: placeholder}] * 8)
     with dspy.context(adapter=dspy.ChatAdapter()):
-        _run_program(program, job)
+        run_program(program, job)
     calls = [
         (entry["timestamp"], agent, entry["messages"])
         for agent in agents

@@ -57,7 +57,7 @@ def program_version(program: dspy.Module) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
-def _run_program(program: dspy.Module, job: Job) -> list[dict[str, Any]]:
+def run_program(program: dspy.Module, job: Job) -> list[dict[str, Any]]:
     seed = job.seed
     if job.scenario == "debate":
         return program(question=seed.question, reference=seed.reference, rounds=job.rounds).turns
@@ -96,7 +96,7 @@ def simulate_one(
     else:
         with ledger() as book, dialogue_slot(f"{seed.id}:{job.scenario}"):
             try:
-                turns = _run_program(programs[job.scenario], job)
+                turns = run_program(programs[job.scenario], job)
             except Exception as exc:  # noqa: BLE001 - one dialogue's failure is recorded, not fatal
                 reject = Reject(
                     stage="simulate",
