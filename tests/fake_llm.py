@@ -761,7 +761,9 @@ class FakeLLMServer:
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         """Liveness probe; honours ``status_override`` to simulate a down server."""
-        return self._override_response() or web.json_response({"status": "ok"})
+        return self._override_response() or web.json_response(
+            {"status": "ok", "requests": self.request_count}
+        )
 
     async def _handle_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models`` listing the single fake model."""
