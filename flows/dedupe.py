@@ -11,9 +11,12 @@ first item of a group is kept and every later one names it.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +25,16 @@ _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
+_ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum())})
+
+
 def canonical(text: str) -> str:
-    """Case, accents-as-composed, punctuation and spacing removed: what 'the same text' means."""
+    """Case, accents-as-composed, punctuation and spacing removed: what 'the same text' means.
+
+    ASCII text (most rows) takes a translate-and-split path in C; the rest the Unicode regex.
+    Both give the words of `\\w+` (minus underscores) joined by single spaces."""
+    if text.isascii():
+        return " ".join(text.lower().translate(_ASCII_NON_WORD).split())
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
@@ -97,10 +108,17 @@ class MinHashLSH:
         mixed = (grams[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
         return (mixed & _MASK32).min(axis=0)
 
-    def check_and_add(self, index: int, canon: str) -> NearDuplicate | None:
-        """Is this (canonical) text a near-duplicate of a kept one? If not, keep it."""
+    def sketch(self, canon: str) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct shingles, signature) of a canonical text: the part worth parallelising."""
         grams = np.unique(shingles(canon, self.ngram))
-        sig = self.signature(grams)[: self.bands * self.rows].reshape(self.bands, self.rows)
+        return grams, self.signature(grams)
+
+    def check_and_add(
+        self, index: int, canon: str, sketch: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> NearDuplicate | None:
+        """Is this (canonical) text a near-duplicate of a kept one? If not, keep it."""
+        grams, full = sketch if sketch is not None else self.sketch(canon)
+        sig = full[: self.bands * self.rows].reshape(self.bands, self.rows)
         keys = ((sig * self.mix).sum(axis=1) + self.salt).tolist()
         seen: set[int] = set()
         for key in keys:
@@ -119,6 +137,37 @@ class MinHashLSH:
         return None
 
 
+PARALLEL_FROM = 20_000
+_CHUNK = 4_000
+
+
+def _sketch_chunk(
+    args: tuple[list[str], float, int, int],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    texts, threshold, num_perm, ngram = args
+    lsh = MinHashLSH(threshold, num_perm, ngram)  # same seed: the same permutations
+    return [lsh.sketch(t) for t in texts]
+
+
+def _sketches(
+    texts: Sequence[str], lsh: MinHashLSH
+) -> Iterator[tuple[np.ndarray, np.ndarray] | None]:
+    """Sketches computed by worker processes for large inputs (the LSH pass itself is
+    sequential and keeps the main process busy meanwhile); None means compute inline."""
+    workers = os.cpu_count() or 1
+    if len(texts) < PARALLEL_FROM or workers < 2:
+        yield from (None for _ in texts)
+        return
+    chunks = [
+        (list(texts[i : i + _CHUNK]), lsh.threshold, lsh.a.size, lsh.ngram)
+        for i in range(0, len(texts), _CHUNK)
+    ]
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for chunk in pool.map(_sketch_chunk, chunks):
+            yield from chunk
+
+
 def near_duplicates(
     texts: Sequence[str], threshold: float = 0.7, num_perm: int = 64, ngram: int = 5
 ) -> list[NearDuplicate]:
@@ -127,8 +176,8 @@ def near_duplicates(
     `texts` are canonical (see `canonical`); callers that already hold them skip the work."""
     lsh = MinHashLSH(threshold, num_perm, ngram)
     found = []
-    for i, text in enumerate(texts):
-        dup = lsh.check_and_add(i, text)
+    for i, (text, sketch) in enumerate(zip(texts, _sketches(texts, lsh), strict=True)):
+        dup = lsh.check_and_add(i, text, sketch)
         if dup is not None:
             found.append(dup)
     return found

@@ -237,3 +237,14 @@ def test_short_questions_that_differ_are_not_near_duplicates(tmp_path: Path) -> 
         _cfg({"path": str(_jsonl(tmp_path / "s.jsonl", rows)), "domain": "general"})
     )
     assert len(result.seeds) == 4 and result.near_duplicates == 0
+
+
+def test_parallel_sketches_find_the_same_near_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.dedupe as dedupe
+
+    rows = [json.loads(x) for x in (SHARED_DATA / "gsm8k/train.jsonl").read_text().splitlines()]
+    texts = [dedupe.canonical(r["question"]) for r in rows[:3000]]
+    sequential = dedupe.near_duplicates(texts)
+    monkeypatch.setattr(dedupe, "PARALLEL_FROM", 100)
+    monkeypatch.setattr(dedupe, "_CHUNK", 700)
+    assert dedupe.near_duplicates(texts) == sequential
