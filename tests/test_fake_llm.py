@@ -164,7 +164,10 @@ def test_models_and_health_endpoints(srv: FakeLLMServer) -> None:
     listing = json.loads(raw)
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]] == ["fake"]
-    assert _get(f"{srv.url}/health") == (200, b'{"status": "ok"}')
+    assert _get(f"{srv.url}/health") == (200, b'{"status": "ok", "requests": 0}')
+    _post_chat(srv, _chat_body("count me"))
+    status, raw = _get(f"{srv.url}/health")
+    assert status == 200 and json.loads(raw)["requests"] == 1 == srv.request_count
     assert srv.base_url == f"http://127.0.0.1:{srv.port}/v1"
 
 
