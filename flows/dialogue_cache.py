@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
 from flows.jobs import ROLES_BY_SCENARIO, Job
-from modules.callcache import canonical_json
+from modules.callcache import CallRecord, canonical_json
 from modules.settings import RoleLMs
 
 DIALOGUE_FORMAT = 1
@@ -44,12 +45,14 @@ def dialogue_key(job: Job, program_version: str, lms: RoleLMs) -> str:
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
+def replayed_calls(hit: dict[str, Any]) -> list[CallRecord]:
+    """The calls a cached dialogue once made, now counted as cache hits."""
+    return [CallRecord(**{**c, "cached": True}) for c in hit["calls"]]
+
+
 class DialogueStore:
     def __init__(self, directory: str | Path) -> None:
         self.cache = diskcache.Cache(str(Path(directory) / "dialogues"), disk=diskcache.JSONDisk)
-
-    def has(self, key: str) -> bool:
-        return key in self.cache
 
     def get(self, key: str) -> dict[str, Any] | None:
         value = self.cache.get(key)
@@ -58,10 +61,11 @@ class DialogueStore:
         return None
 
     def put(
-        self, key: str, turns: list[dict[str, Any]], calls: list[dict[str, Any]], version: str
+        self, key: str, turns: list[dict[str, Any]], calls: list[CallRecord], version: str
     ) -> None:
+        stored = [{k: v for k, v in asdict(c).items() if k != "cached"} for c in calls]
         self.cache.set(
-            key, {"turns": turns, "calls": calls, "program_version": version, "ts": time.time()}
+            key, {"turns": turns, "calls": stored, "program_version": version, "ts": time.time()}
         )
 
     def close(self) -> None:

@@ -14,12 +14,12 @@ from typing import Any
 import dspy
 
 from flows.config import MasterConfig
-from flows.dialogue_cache import DialogueStore, dialogue_key
+from flows.dialogue_cache import DialogueStore, dialogue_key, replayed_calls
 from flows.retrieval import Embedder
 from flows.run import plan_jobs
 from flows.seeds import load_seeds
 from flows.simulate import build_programs, program_version, run_program
-from modules.callcache import CallRecord, CallStore, DryRunEngine, dialogue_slot, ledger
+from modules.callcache import CallStore, DryRunEngine, dialogue_slot, ledger
 
 
 def plan_run(
@@ -57,7 +57,7 @@ def plan_run(
             hit = dialogues.get(dialogue_key(job, versions[job.scenario], cfg.lms))
             if hit is not None:
                 whole += 1
-                records = [CallRecord(**{**c, "cached": True}) for c in hit["calls"]]
+                records = replayed_calls(hit)
             else:
                 with ledger() as book, dialogue_slot(f"{job.seed.id}:{job.scenario}"):
                     run_program(programs[job.scenario], job)

@@ -11,13 +11,13 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 
 from flows.config import MasterConfig, Scenario
-from flows.dialogue_cache import DialogueStore, dialogue_key
+from flows.dialogue_cache import DialogueStore, dialogue_key, replayed_calls
 from flows.formats import to_messages, to_sharegpt
 from flows.jobs import Job
 from flows.records import Dialogue, Reject
@@ -86,34 +86,35 @@ def simulate_one(
     dialogues: DialogueStore | None = None,
     key: str | None = None,
 ) -> Outcome:
+    """Simulate one dialogue that is not in the dialogue cache, and store it there under key."""
     seed = job.seed
-    if dialogues is not None and key is None:
-        key = dialogue_key(job, versions[job.scenario], cfg.lms)
-    hit = dialogues.get(key) if dialogues is not None and key is not None else None
-    if hit is not None:
-        turns = hit["turns"]
-        calls = [CallRecord(**{**c, "cached": True}) for c in hit["calls"]]
-    else:
-        with ledger() as book, dialogue_slot(f"{seed.id}:{job.scenario}"):
-            try:
-                turns = run_program(programs[job.scenario], job)
-            except Exception as exc:  # noqa: BLE001 - one dialogue's failure is recorded, not fatal
-                reject = Reject(
-                    stage="simulate",
-                    reason=_error_reason(exc),
-                    source=seed.source,
-                    location=seed.meta.get("location"),
-                    seed_id=seed.id,
-                )
-                return Outcome(job, None, reject, list(book.records))
-        calls = list(book.records)
-        if dialogues is not None and key is not None:
-            dialogues.put(
-                key,
-                turns,
-                [{k: v for k, v in asdict(c).items() if k != "cached"} for c in calls],
-                versions[job.scenario],
+    with ledger() as book, dialogue_slot(f"{seed.id}:{job.scenario}"):
+        try:
+            turns = run_program(programs[job.scenario], job)
+        except Exception as exc:  # noqa: BLE001 - one dialogue's failure is recorded, not fatal
+            reject = Reject(
+                stage="simulate",
+                reason=_error_reason(exc),
+                source=seed.source,
+                location=seed.meta.get("location"),
+                seed_id=seed.id,
             )
+            return Outcome(job, None, reject, list(book.records))
+    calls = list(book.records)
+    if dialogues is not None and key is not None:
+        dialogues.put(key, turns, calls, versions[job.scenario])
+    return finished(job, turns, calls, cfg, versions)
+
+
+def finished(
+    job: Job,
+    turns: list[dict[str, Any]],
+    calls: list[CallRecord],
+    cfg: MasterConfig,
+    versions: Mapping[Scenario, str],
+) -> Outcome:
+    """The Dialogue row of a finished dialogue, generated now or read from the cache."""
+    seed = job.seed
     conversation = to_sharegpt(turns, cfg.scenarios.debate_mapping)
     roles_used = sorted({t["role"] for t in turns if t["role"]})
     flags = sorted({f"{t['speaker']}:{f}" for t in turns for f in t["flags"]})
@@ -157,8 +158,10 @@ def simulate(
         pending: list[Future[Outcome] | Outcome] = []
         for job in job_list:
             key = dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues else None
-            if dialogues is not None and key is not None and dialogues.has(key):
-                pending.append(simulate_one(job, programs, cfg, versions, dialogues, key))
+            hit = dialogues.get(key) if dialogues is not None and key is not None else None
+            if hit is not None:
+                turns, calls = hit["turns"], replayed_calls(hit)
+                pending.append(finished(job, turns, calls, cfg, versions))
             else:
                 pending.append(
                     pool.submit(simulate_one, job, programs, cfg, versions, dialogues, key)
