@@ -4,19 +4,30 @@ The steps are the same functions `master run` calls (flows/run.py); this file on
 as tasks, splits simulation into shards (never one task per seed), and publishes the report
 and summary as artifacts. Prefect's own task caching is off: it hashes inputs with cloudpickle
 and is per flow run, while our content-addressed LM cache already makes reruns incremental.
+
+Scale-out: with `run.task_runner: dask` the shards run on a Dask cluster (`run.dask_address`,
+or a local one) through prefect-dask's DaskTaskRunner, in a `simulate-shards` subflow: the
+task runner is chosen from the config at run time, which a decorator argument could not do.
+Loading, planning and publishing stay in the flow's own process.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner
 
-from flows.config import MasterConfig, load_config
+from flows.config import MasterConfig, RunConfig, load_config
 from flows.jobs import Job
 from flows.records import Reject
 from flows.run import plan_jobs, publish, roles_in_use, run_shard
@@ -73,7 +84,45 @@ def publish_task(
         key="augment-summary",
         description="summary.json",
     )
+    for png in sorted(Path(out).glob("plot_*.png")):
+        # a data URL: the plot travels with the artifact, no file server needed
+        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+        create_image_artifact(
+            image_url=f"data:image/png;base64,{encoded}",
+            key=f"augment-{png.stem.replace('_', '-')}",
+            description=f"{png.name} of this run",
+        )
     return summary
+
+
+def dask_runner(run: RunConfig) -> TaskRunner:
+    """A DaskTaskRunner on the configured scheduler, or on a local cluster of 2 processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if run.dask_address:
+        return DaskTaskRunner(address=run.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}
+    )
+
+
+def submit_shards(shards: list[list[Job]], cfg: MasterConfig) -> list[Outcome]:
+    """Every shard as a task on the current flow's task runner; outcomes in shard order."""
+    futures = [simulate_task.submit(shard, cfg, i) for i, shard in enumerate(shards)]
+    return [o for f in futures for o in f.result()]
+
+
+@flow(name="simulate-shards")
+def simulate_shards(shards: list[list[Job]], cfg: MasterConfig) -> list[Outcome]:
+    """The shards on whatever task runner this subflow is given (Dask, see `dask_runner`)."""
+    return submit_shards(shards, cfg)
+
+
+def on_cluster(cfg: MasterConfig) -> MasterConfig:
+    """The config Dask workers get: the cache folder as an absolute path, since a worker's
+    working directory is its own (the folder must be the same shared one on every machine)."""
+    cache_dir = str(Path(cfg.cache.dir).expanduser().resolve())
+    return cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"dir": cache_dir})})
 
 
 @flow(name="augment", log_prints=True)
@@ -95,8 +144,11 @@ def augment(
     jobs, plan_rejects = plan_task(loaded, cfg)
     size = cfg.run.shard_size
     shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-    futures = [simulate_task.submit(shard, cfg, i) for i, shard in enumerate(shards)]
-    outcomes = [o for f in futures for o in f.result()]
+    if cfg.run.task_runner == "dask":
+        runner = dask_runner(cfg.run)
+        outcomes = simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg))
+    else:
+        outcomes = submit_shards(shards, cfg)
     summary = publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started)
     get_run_logger().info(
         "%d dialogues, %d LM calls, %d cache hits -> %s",

@@ -109,6 +109,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--seeds", nargs="+", metavar="FILE", help="seed files to take it from")
 
+    verify = sub.add_parser(
+        "verify",
+        help="run the quality checks over an existing ShareGPT dataset",
+        description="Verify every row of a ShareGPT dataset (JSONL, JSON array or Parquet with "
+        "a `conversations` column) with the checks `master run` applies: answer fidelity, the "
+        "LLM judge (the config's judge role), structure and scenario intent. References come "
+        "from a field of each row or from a seeds file. Writes verdicts.parquet (a verdict and "
+        "reason per check and row), rejects.parquet (unreadable rows) and verify_summary.json.",
+    )
+    _common(verify)
+    verify.add_argument("--in", dest="source", required=True, metavar="FILE", help="dataset")
+    verify.add_argument("--out", required=True, metavar="DIR", help="where verdicts go")
+    verify.add_argument(
+        "--reference-field", default="reference", metavar="NAME", help="default: reference"
+    )
+    verify.add_argument(
+        "--seeds", metavar="FILE", help="seeds file (id/seed_id, question, reference, domain)"
+    )
+    verify.add_argument(
+        "--domain",
+        choices=("math", "code", "general"),
+        default="general",
+        help="for rows with no domain of their own (default: general)",
+    )
+    verify.add_argument("--no-judge", action="store_true", help="skip the LLM judge")
+
+    opt = sub.add_parser(
+        "optimize",
+        help="optimize a scenario's prompts with DSPy, or compare saved versions",
+        description="Optimize the agents of one scenario (or all) with the optimizer in the "
+        "config's `optimize` section (BootstrapFewShot, MIPROv2, GEPA) on a reproducible "
+        "train/dev split of the seeds, within optimize.max_calls LM calls. The result is saved "
+        "under data/programs/<scenario>/<version>.json with its metadata; name the version in "
+        "scenarios.programs to use it. --compare evaluates the baseline and every saved version "
+        "on the dev set instead.",
+    )
+    _common(opt)
+    opt.add_argument(
+        "--scenario",
+        choices=("error_correction", "debate", "analogy", "all"),
+        default="all",
+        help="default: all",
+    )
+    opt.add_argument(
+        "--optimizer", choices=("bootstrap_few_shot", "mipro_v2", "gepa"), help="override"
+    )
+    opt.add_argument("--max-calls", type=int, metavar="N", help="LM call budget (override)")
+    opt.add_argument("--compare", action="store_true", help="compare saved versions only")
+
     lm = sub.add_parser("lm", help="language-model utilities")
     lm_sub = lm.add_subparsers(dest="lm_command", metavar="SUBCOMMAND")
     check = lm_sub.add_parser(
@@ -153,11 +202,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"{sum(s['dialogues'].values())} dialogues "
         f"({', '.join(f'{k} {v}' for k, v in s['dialogues'].items())}), "
-        f"{s['quality']['rejected']} rejected, {s['lm']['calls']} LM calls, "
+        f"{s['quality']['rejected']} dropped by the quality filter, "
+        f"{s['quality']['failed']} failed, {s['lm']['calls']} LM calls, "
         f"{s['lm']['cache_hits']} cache hits, {s['elapsed_s']:.1f} s"
     )
     print(f"dataset: {result.out / 'dataset.parquet'} (ShareGPT: {result.out / 'dataset.jsonl'})")
     print(f"report:  {result.out / 'report.md'}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from flows.audit import format_audit, run_audit
+    from modules.lm import check_keys
+
+    cfg = _load(args)
+    if not args.no_judge and cfg.quality.judge:
+        check_keys(cfg.lms, ("judge",))
+    summary = run_audit(
+        cfg,
+        args.source,
+        Path(args.out),
+        reference_field=args.reference_field,
+        seeds=args.seeds,
+        domain=args.domain,
+        judge=not args.no_judge,
+    )
+    print(format_audit(summary))
+    print(f"verdicts: {Path(args.out) / 'verdicts.parquet'}")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from flows.config import SCENARIOS
+    from flows.experiment import compare, format_compare, optimize_scenario
+    from flows.jobs import ROLES_BY_SCENARIO
+    from modules.lm import check_keys
+
+    cfg = _load(args)
+    updates = {k: v for k, v in (("optimizer", args.optimizer), ("max_calls", args.max_calls)) if v}
+    if updates:
+        cfg = cfg.model_copy(update={"optimize": cfg.optimize.model_copy(update=updates)})
+    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    roles = {r for s in scenarios for r in ROLES_BY_SCENARIO[s]}
+    check_keys(cfg.lms, tuple(sorted(roles | ({"judge"} if cfg.optimize.judge else set()))))
+    for scenario in scenarios:
+        if not args.compare:
+            meta = optimize_scenario(cfg, scenario)
+            print(
+                f"{scenario}: saved version {meta['version']} ({meta['optimizer']}, agents "
+                f"changed: {', '.join(meta['agents']) or 'none'}); dev metric "
+                f"{meta['metric_before']:.3f} -> {meta['metric_after']:.3f}, {meta['calls']} calls"
+            )
+            print(f"  use it: scenarios.programs.{scenario}: {meta['version']}")
+        print(format_compare(scenario, compare(cfg, scenario)))
     return 0
 
 
@@ -284,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cache" and args.cache_command is None:
         parser.parse_args(["cache", "--help"])
     _setup_logging(args.verbose)
+    from flows.experiment import ExperimentError
+    from flows.output import PublishError
     from flows.seeds import SeedSourceError
     from modules.embedded import EmbeddedModelError
     from modules.lm import LMConfigError
@@ -299,8 +398,19 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_seeds(args)
         if args.command == "show-prompts":
             return cmd_show_prompts(args)
+        if args.command == "verify":
+            return cmd_verify(args)
+        if args.command == "optimize":
+            return cmd_optimize(args)
         return cmd_lm_check(args)
-    except (ConfigError, SeedSourceError, LMConfigError, EmbeddedModelError) as exc:
+    except (
+        ConfigError,
+        SeedSourceError,
+        LMConfigError,
+        EmbeddedModelError,
+        PublishError,
+        ExperimentError,
+    ) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE

@@ -127,6 +127,9 @@ class ScenarioConfig(BaseModel):
     debate_rounds: Literal["auto", 1, 2] = "auto"
     retrieval_top_k: int = Field(default=5, gt=0)
     debate_mapping: Literal["alternate", "final_only"] = "alternate"
+    programs: dict[Scenario, str] = Field(
+        default_factory=dict, description="saved program version per scenario (data/programs/)"
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> ScenarioConfig:
@@ -148,6 +151,101 @@ class RunConfig(BaseModel):
     out: str = "out/run"
     concurrency: int = Field(default=16, gt=0, description="dialogues in flight at once")
     shard_size: int = Field(default=1000, gt=0, description="seeds per simulation task")
+    task_runner: Literal["thread", "dask"] = Field(
+        default="thread", description="where the flow runs its shards: threads, or Dask"
+    )
+    dask_address: str | None = Field(
+        default=None, description="scheduler, e.g. tcp://10.0.0.5:8786; None = a local cluster"
+    )
+
+
+STRUCTURE_CHECKS = ("empty", "role_leakage", "language", "length", "repetition", "truncated")
+INTENT_CHECKS = ("weak_flawed", "answer_hidden", "no_calculation")
+CHECKS = ("fidelity", "judge", *STRUCTURE_CHECKS, *INTENT_CHECKS)
+CHECK_GROUPS: dict[str, tuple[str, ...]] = {"structure": STRUCTURE_CHECKS, "intent": INTENT_CHECKS}
+CheckName = Literal[
+    "fidelity",
+    "judge",
+    "structure",
+    "intent",
+    "empty",
+    "role_leakage",
+    "language",
+    "length",
+    "repetition",
+    "truncated",
+    "weak_flawed",
+    "answer_hidden",
+    "no_calculation",
+]
+
+
+class QualityConfig(BaseModel):
+    """Which checks run, and which of them drop a dialogue (the others only flag it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    judge: bool = True
+    hard: list[CheckName] = Field(
+        default_factory=lambda: [
+            "fidelity",
+            "judge",
+            "structure",
+            "answer_hidden",
+            "no_calculation",
+        ]
+    )
+    judge_min_score: int = Field(default=3, ge=1, le=5)
+    min_turn_chars: int = Field(default=2, ge=1)
+    max_turn_tokens: int = Field(default=2048, gt=0)
+    repetition_ngram: int = Field(default=4, ge=2, le=12)
+    repetition_max: float = Field(default=0.5, gt=0.0, le=1.0)
+    english_min: float = Field(default=0.8, gt=0.0, le=1.0)
+    reveal_ngram: int = Field(default=12, ge=4, le=64)
+
+    def hard_checks(self) -> frozenset[str]:
+        """The hard list with group names expanded to their checks."""
+        return frozenset(c for name in self.hard for c in CHECK_GROUPS.get(name, (name,)))
+
+
+class MergeConfig(BaseModel):
+    """How dialogues become the published dataset (the paper: they replace their seeds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["replace", "mix"] = "replace"
+    originals_per_dialogue: float = Field(default=1.0, ge=0.0)
+
+
+class PublishConfig(BaseModel):
+    """Extra copies of the dataset: a `datasets` folder and, optionally, the Hugging Face Hub."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="master_augmented", pattern=r"^[A-Za-z0-9_.-]+$")
+    save_to_disk: bool = True
+    push_to_hub: str | None = Field(default=None, description="repo id, e.g. org/dataset")
+    private: bool = True
+    token_env: str = Field(default="HF_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class OptimizeConfig(BaseModel):
+    """Prompt-optimization experiments (`master optimize`): optimizer, data split, budget."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optimizer: Literal["bootstrap_few_shot", "mipro_v2", "gepa"] = "bootstrap_few_shot"
+    settings: dict[str, Any] = Field(default_factory=dict, description="passed to the optimizer")
+    train_size: int = Field(default=8, gt=0)
+    dev_size: int = Field(default=8, gt=0)
+    split_seed: int = 0
+    max_calls: int = Field(default=2000, gt=0, description="LM calls the experiment may make")
+    agents: list[str] = Field(
+        default_factory=list, description="agents to optimize (e.g. teacher); empty = all"
+    )
+    judge: bool = False
+    programs_dir: str = "data/programs"
 
 
 class MasterConfig(BaseModel):
@@ -160,10 +258,16 @@ class MasterConfig(BaseModel):
     scenarios: ScenarioConfig = Field(default_factory=ScenarioConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
 
     def fingerprint(self) -> str:
         """Canonical-JSON hash of what shapes the data (not where it is written)."""
-        data = self.model_dump(mode="json", exclude={"run": True, "cache": True})
+        data = self.model_dump(
+            mode="json", exclude={"run": True, "cache": True, "publish": True, "optimize": True}
+        )
         for role in data["lms"].values():
             role.pop("timeout_s", None)
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

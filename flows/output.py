@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import datasets
 import polars as pl
 
+from flows.config import PublishConfig
 from flows.records import Dialogue, Reject, Seed
 
 REJECT_SCHEMA = {
@@ -26,6 +28,7 @@ REJECT_SCHEMA = {
     "location": pl.String,
     "seed_id": pl.String,
     "detail": pl.String,
+    "checks": pl.String,
 }
 
 
@@ -37,6 +40,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are meant to be shared
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -70,11 +74,58 @@ def dataset_rows(dialogues: list[Dialogue], seeds_by_id: dict[str, Any]) -> list
     return rows
 
 
-def write_dataset(out: Path, rows: list[dict[str, Any]]) -> None:
-    """dataset.parquet (all columns), dataset.jsonl (ShareGPT) and messages.jsonl (OpenAI)."""
+def _save_to_disk(dataset: datasets.Dataset, target: Path) -> None:
+    """save_to_disk into a fresh folder, then swap it in: a reader never sees half a folder."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    dataset.save_to_disk(str(staging / "data"))
+    old = None
+    if target.exists():
+        old = staging / "old"
+        os.replace(target, old)
+    os.replace(staging / "data", target)
+    shutil.rmtree(staging)
+
+
+def llama_factory_entry(name: str) -> dict[str, Any]:
+    """A LLaMA-Factory dataset_info.json entry for dataset.jsonl (ShareGPT layout)."""
+    return {
+        name: {
+            "file_name": "dataset.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations"},
+            "tags": {
+                "role_tag": "from",
+                "content_tag": "value",
+                "user_tag": "human",
+                "assistant_tag": "gpt",
+                "system_tag": "system",
+            },
+        }
+    }
+
+
+def _empty_dataset() -> datasets.Dataset:
+    """No row survived: still a loadable dataset with the columns a trainer reads."""
+    turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
+    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    features = datasets.Features(
+        {
+            **{k: datasets.Value("string") for k in ("seed_id", "source", "domain", "scenario")},
+            "conversations": datasets.List(turn),
+            "messages": datasets.List(message),
+            **{k: datasets.Value("string") for k in ("provenance", "question", "reference")},
+        }
+    )
+    return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+
+
+def write_dataset(out: Path, rows: list[dict[str, Any]], publish: PublishConfig) -> None:
+    """dataset.parquet (all columns), dataset.jsonl (ShareGPT), messages.jsonl (OpenAI), the
+    `datasets` folder hf/ and LLaMA-Factory's dataset_info.json."""
     datasets.disable_progress_bars()
+    dataset = datasets.Dataset.from_list(rows) if rows else _empty_dataset()
     with atomic_path(out / "dataset.parquet") as tmp:
-        datasets.Dataset.from_list(rows).to_parquet(str(tmp))
+        dataset.to_parquet(str(tmp))
     write_jsonl(
         out / "dataset.jsonl",
         [
@@ -91,6 +142,50 @@ def write_dataset(out: Path, rows: list[dict[str, Any]]) -> None:
         out / "messages.jsonl",
         [{"messages": r["messages"], "seed_id": r["seed_id"]} for r in rows],
     )
+    if publish.save_to_disk and rows:
+        _save_to_disk(dataset, out / "hf")
+    elif (out / "hf").exists():
+        # `datasets` cannot load a 0-row folder back; no folder beats a stale or broken one
+        shutil.rmtree(out / "hf")
+    write_json(out / "dataset_info.json", llama_factory_entry(publish.name))
+
+
+class PublishError(Exception):
+    """The Hub upload failed; the local outputs are complete. One line for the user."""
+
+
+def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
+    """Upload dataset.parquet and the card to publish.push_to_hub, if configured."""
+    if not publish.push_to_hub:
+        return None
+    token = os.environ.get(publish.token_env)
+    if not token:
+        raise PublishError(
+            f"publish.push_to_hub: environment variable {publish.token_env} is not set "
+            "(it must hold a Hugging Face write token)"
+        )
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise PublishError(
+            f"publish.push_to_hub {publish.push_to_hub}: the Hub is offline "
+            "(HF_HUB_OFFLINE=1); set HF_HUB_OFFLINE=0 to upload; local outputs are complete"
+        )
+    try:
+        dataset = datasets.Dataset.from_parquet(str(out / "dataset.parquet"))
+        dataset.push_to_hub(publish.push_to_hub, token=token, private=publish.private)
+        from huggingface_hub import HfApi
+
+        HfApi(token=token).upload_file(
+            path_or_fileobj=str(out / "README.md"),
+            path_in_repo="README.md",
+            repo_id=publish.push_to_hub,
+            repo_type="dataset",
+        )
+    except Exception as exc:  # noqa: BLE001 - wrapped at the boundary, one line
+        text = " ".join(str(exc).replace(token, "***").split())[:300]
+        raise PublishError(f"publish.push_to_hub {publish.push_to_hub}: {text}") from None
+    return publish.push_to_hub
 
 
 def write_seeds(out: Path, seeds: list[Seed]) -> None:

@@ -15,10 +15,11 @@ import dspy
 
 from flows.config import MasterConfig
 from flows.dialogue_cache import DialogueStore, dialogue_key, replayed_calls
+from flows.programs import configured_programs
 from flows.retrieval import Embedder
 from flows.run import plan_jobs
 from flows.seeds import load_seeds
-from flows.simulate import build_programs, program_version, run_program
+from flows.simulate import program_version, run_program
 from modules.callcache import CallStore, DryRunEngine, dialogue_slot, ledger
 
 
@@ -41,7 +42,7 @@ def plan_run(
             )
             for role, settings in cfg.lms.items()
         }
-        programs = build_programs(lms)
+        programs = configured_programs(lms, cfg.scenarios.programs, cfg.optimize.programs_dir)
         versions = {name: program_version(p) for name, p in programs.items()}
         rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
             lambda: {

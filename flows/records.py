@@ -109,3 +109,4 @@ class Reject(BaseModel):
     location: str | None = None
     seed_id: str | None = None
     detail: str | None = None
+    checks: str | None = None  # comma-separated failed hard checks (stage "quality")

@@ -8,14 +8,34 @@ from flows.config import SCENARIOS
 from modules.embedded import NOTICE
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def _quality(quality: dict[str, Any]) -> str:
+    head = (
+        f"Accepted {quality['accepted']}, dropped by the quality filter {quality['rejected']}, "
+        f"failed to generate {quality.get('failed', 0)}, kept with a soft-check flag "
+        f"{quality.get('flagged', 0)}."
+    )
+    rates = quality.get("pass_rates", {})
+    if not rates:
+        return head
+    table = markdown_table(
+        ["check", "pass rate", "dropped for it"],
+        [[c, f"{r:.1%}", quality["by_check"].get(c, 0)] for c, r in rates.items()],
+    )
+    return f"{head}\n\n## Quality checks\n\n{table}"
+
+
 def render_report(
-    summary: dict[str, Any], rows: list[dict[str, Any]], embedded: bool, out_dir: str
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    embedded: bool,
+    out_dir: str,
+    plots: str = "",
 ) -> str:
     seeds, lm = summary["seeds"], summary["lm"]
     parts = ["# MASTER run report", ""]
@@ -27,17 +47,19 @@ def render_report(
         "",
         "## Seeds",
         "",
-        _table(list(seeds), [list(seeds.values())]),
+        markdown_table(list(seeds), [list(seeds.values())]),
         "",
         "## Dialogues",
         "",
-        _table(["scenario", "dialogues"], [[s, summary["dialogues"][s]] for s in SCENARIOS]),
+        markdown_table(
+            ["scenario", "dialogues"], [[s, summary["dialogues"][s]] for s in SCENARIOS]
+        ),
         "",
-        f"Accepted {summary['quality']['accepted']}, rejected {summary['quality']['rejected']}.",
+        _quality(summary["quality"]),
         "",
         "## LM calls",
         "",
-        _table(
+        markdown_table(
             ["role", "calls", "cache hits", "tokens in", "tokens out", "cost (USD)"],
             [
                 [r, v["calls"], v["cache_hits"], v["tokens_in"], v["tokens_out"], v["cost_usd"]]
@@ -55,9 +77,10 @@ def render_report(
             ],
         ),
         "",
-        "## One dialogue per scenario",
-        "",
     ]
+    if plots:
+        parts += ["## Plots", "", plots, ""]
+    parts += ["## One dialogue per scenario", ""]
     for scenario in SCENARIOS:
         sample = next((r for r in rows if r["scenario"] == scenario), None)
         if sample is None:

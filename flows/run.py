@@ -15,16 +15,30 @@ from typing import Any
 
 from flows.accounting import lm_block
 from flows.assign import assign_scenario, debate_rounds
+from flows.card import render_card
+from flows.checks import pass_rates
 from flows.config import SCENARIOS, MasterConfig
 from flows.dialogue_cache import DialogueStore
 from flows.jobs import ROLES_BY_SCENARIO, Job
-from flows.output import dataset_rows, write_dataset, write_json, write_rejects, write_text
+from flows.merge import merge_rows
+from flows.output import (
+    dataset_rows,
+    push_to_hub,
+    write_dataset,
+    write_json,
+    write_rejects,
+    write_text,
+)
+from flows.plots import plots_markdown, write_plots
+from flows.programs import configured_programs
 from flows.records import Reject
 from flows.report import render_report
 from flows.retrieval import Embedder, RetrievalMemory, minilm_embedder, pick_similar
 from flows.seeds import LoadResult, load_seeds
-from flows.simulate import Outcome, build_programs, simulate
+from flows.simulate import Outcome, simulate
+from flows.verify import quality_reject, verify_outcomes
 from modules.callcache import CallStore
+from modules.judge import Judge
 from modules.lm import build_role_lms, check_keys
 from modules.settings import Role
 
@@ -37,14 +51,20 @@ class RunResult:
     summary: dict[str, Any]
 
 
+def judging(cfg: MasterConfig) -> bool:
+    return cfg.quality.enabled and cfg.quality.judge
+
+
 def roles_in_use(cfg: MasterConfig) -> tuple[Role, ...]:
-    """The roles the scenarios with a non-zero share need."""
+    """The roles the scenarios with a non-zero share need, and the judge when it runs."""
     used = {
         role
         for scenario, weight in cfg.scenarios.proportions.items()
         if weight > 0
         for role in ROLES_BY_SCENARIO[scenario]
     }
+    if judging(cfg):
+        used.add("judge")
     return tuple(sorted(used))  # type: ignore[arg-type]
 
 
@@ -120,15 +140,24 @@ def open_programs(cfg: MasterConfig, jobs: list[Job]) -> tuple[dict, CallStore |
     store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
     needed = tuple(sorted({r for j in jobs for r in ROLES_BY_SCENARIO[j.scenario]}))
     lms = build_role_lms(cfg.lms, store, needed)  # type: ignore[arg-type]
-    return build_programs(lms), store
+    return configured_programs(lms, cfg.scenarios.programs, cfg.optimize.programs_dir), store
+
+
+def open_judge(cfg: MasterConfig, store: CallStore | None) -> Judge | None:
+    if not judging(cfg):
+        return None
+    return Judge(build_role_lms(cfg.lms, store, ("judge",))["judge"])
 
 
 def run_shard(jobs: list[Job], cfg: MasterConfig) -> list[Outcome]:
-    """Simulate one shard of jobs, with its own programs and cache handle."""
+    """Simulate and verify one shard of jobs, with its own programs and cache handle."""
     programs, store = open_programs(cfg, jobs)
     dialogues = DialogueStore(cfg.cache.dir) if cfg.cache.enabled else None
     try:
-        return simulate(jobs, programs, cfg, on_done=_progress(len(jobs)), dialogues=dialogues)
+        outcomes = simulate(jobs, programs, cfg, on_done=_progress(len(jobs)), dialogues=dialogues)
+        if cfg.quality.enabled:
+            verify_outcomes(outcomes, cfg, open_judge(cfg, store))
+        return outcomes
     finally:
         if store is not None:
             store.close()
@@ -144,33 +173,54 @@ def publish(
     outcomes: list[Outcome],
     started: float,
 ) -> dict[str, Any]:
-    """Write every output file and return the summary (also written as summary.json)."""
+    """Filter, merge and write every output file; return the summary (also summary.json)."""
     dialogues = [o.dialogue for o in outcomes if o.dialogue is not None]
-    sim_rejects = [o.reject for o in outcomes if o.reject is not None]
+    failed = [*plan_rejects, *(o.reject for o in outcomes if o.reject is not None)]
+    accepted = [d for d in dialogues if d.quality.get("accepted", True)]
+    dropped = [quality_reject(d) for d in dialogues if not d.quality.get("accepted", True)]
     records = [rec for o in outcomes for rec in o.calls]
-    rows = dataset_rows(dialogues, {s.id: s for s in loaded.seeds})
-    flag_counts: Counter[str] = Counter(
+    rows = dataset_rows(accepted, {s.id: s for s in loaded.seeds})
+    merged, duplicates = merge_rows(rows, loaded.seeds, cfg.merge)
+    checked = [d.quality["checks"] for d in dialogues if "checks" in d.quality]
+    flags: Counter[str] = Counter(
         flag.split(":", 1)[1].split(":")[0] for d in dialogues for flag in d.quality["turn_flags"]
     )
     summary: dict[str, Any] = {
         "seeds": loaded.counts(),
-        "dialogues": {s: sum(1 for d in dialogues if d.scenario == s) for s in SCENARIOS},
+        "dialogues": {s: sum(1 for d in accepted if d.scenario == s) for s in SCENARIOS},
         "quality": {
-            "accepted": len(dialogues),
-            "rejected": len(sim_rejects) + len(plan_rejects),
-            "by_check": dict(sorted(flag_counts.items())),
+            "accepted": len(accepted),
+            "rejected": len(dropped),
+            "by_check": dict(
+                sorted(Counter(c for r in dropped for c in (r.checks or "").split(",")).items())
+            ),
+            "failed": len(failed),
+            "flagged": sum(
+                1
+                for d in accepted
+                if any(v["ok"] is False for v in d.quality.get("checks", {}).values())
+            ),
+            "pass_rates": pass_rates(checked),
+            "turn_flags": dict(sorted(flags.items())),
         },
         "lm": lm_block(records, cfg.lms),
+        "rows": {"published": len(merged), "duplicates_dropped": duplicates},
         "elapsed_s": 0.0,
         "config_hash": cfg.fingerprint(),
     }
-    write_dataset(out, rows)
-    write_rejects(out, [*loaded.rejects, *plan_rejects, *sim_rejects])
+    versions = {o.job.scenario: o.dialogue.provenance["program_version"] for o in outcomes
+                if o.dialogue is not None}  # fmt: skip
+    write_dataset(out, merged, cfg.publish)
+    write_rejects(out, [*loaded.rejects, *failed, *dropped])
+    plots = write_plots(out, merged, summary["quality"]["pass_rates"])
     summary["elapsed_s"] = round(time.monotonic() - started, 3)
     used = {r for o in outcomes for r in ROLES_BY_SCENARIO[o.job.scenario]}
     embedded = any(cfg.lms.for_role(r).is_embedded for r in used)  # type: ignore[arg-type]
-    write_text(out / "report.md", render_report(summary, rows, embedded, str(out)))
+    images = plots_markdown(plots)
+    write_text(out / "report.md", render_report(summary, merged, embedded, str(out), images))
+    write_text(out / "README.md", render_card(cfg, summary, merged, versions, images))
     write_json(out / "summary.json", summary)
+    push_to_hub(out, cfg.publish)
     return summary
 
 

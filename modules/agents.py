@@ -74,4 +74,6 @@ def fixed_turn(speaker: str, text: str) -> dict[str, Any]:
 
 def transcript(turns: list[dict[str, Any]]) -> str:
     """The dialogue so far as the next agent reads it: one labelled paragraph per turn."""
-    return "\n\n".join(f"{SPEAKER_LABELS[t['speaker']]}: {t['text']}" for t in turns)
+    return "\n\n".join(
+        f"{SPEAKER_LABELS.get(t['speaker'], t['speaker'].title())}: {t['text']}" for t in turns
+    )

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import dspy
 from dspy.clients.engines import AsyncLiteLLMEngine, LiteLLMEngine
 
+from modules.budget import AsyncBudgetEngine, BudgetEngine, CallBudget
 from modules.callcache import AsyncCachingEngine, CachingEngine, CallStore
 from modules.embedded import AsyncEmbeddedEngine, EmbeddedEngine
 from modules.settings import LMSettings, Role, RoleLMs
@@ -52,13 +53,21 @@ def _remote_engines(role: Role, settings: LMSettings) -> tuple[object, object]:
 
 
 def build_lm(
-    role: Role, settings: LMSettings, store: CallStore | None, num_retries: int = 3
+    role: Role,
+    settings: LMSettings,
+    store: CallStore | None,
+    num_retries: int = 3,
+    budget: CallBudget | None = None,
 ) -> dspy.LM:
     if settings.is_embedded:
         inner = EmbeddedEngine()
         ainner: object = AsyncEmbeddedEngine(inner)
     else:
         inner, ainner = _remote_engines(role, settings)  # type: ignore[assignment]
+    if budget is not None:  # behind the cache: only calls that reach a model are charged
+        prices = (settings.price_in_per_mtok or 0.0, settings.price_out_per_mtok or 0.0)
+        inner = BudgetEngine(inner, budget, *prices)  # type: ignore[assignment]
+        ainner = AsyncBudgetEngine(ainner, budget, *prices)
     sync = CachingEngine(inner, role, store)
     return dspy.LM(
         settings.model,
@@ -72,8 +81,11 @@ def build_lm(
 
 
 def build_role_lms(
-    lms: RoleLMs, store: CallStore | None, roles: tuple[Role, ...] | None = None
+    lms: RoleLMs,
+    store: CallStore | None,
+    roles: tuple[Role, ...] | None = None,
+    budget: CallBudget | None = None,
 ) -> Mapping[Role, dspy.LM]:
-    """Build the LMs of the given roles (all four by default)."""
+    """Build the LMs of the given roles (all four by default), sharing one budget if given."""
     wanted = roles or tuple(role for role, _ in lms.items())
-    return {role: build_lm(role, lms.for_role(role), store) for role in wanted}
+    return {role: build_lm(role, lms.for_role(role), store, budget=budget) for role in wanted}

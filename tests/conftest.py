@@ -86,6 +86,9 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
             "seeds": {"sources": bundled_sources(), "sample": sample, "random_seed": 5},
             "cache": {"dir": str(tmp_path / "cache")},
             "run": {"out": str(tmp_path / "out"), "concurrency": 8},
+            # the fake server's answers are placeholders: check them, drop nothing, no judge
+            # calls (tests about quality pass their own section)
+            "quality": {"judge": False, "hard": []},
         }
         data.update(sections)
         path = tmp_path / "config.yaml"

@@ -69,6 +69,7 @@ def test_master_run_on_the_embedded_model_writes_valid_dialogues(tmp_path: Path)
     env = {**os.environ, "MASTER__CACHE__DIR": str(tmp_path / "cache")}
     for role in ("WEAK", "PEER", "STRONG", "JUDGE"):  # short answers: structure, not content
         env[f"MASTER__LMS__{role}__MAX_TOKENS"] = "64"
+    env["MASTER__QUALITY__HARD"] = "[]"  # 64-token answers are cut off: keep them, verdicts on
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "--sample", "6", "--out", str(out)],
         capture_output=True,
@@ -89,4 +90,7 @@ def test_master_run_on_the_embedded_model_writes_valid_dialogues(tmp_path: Path)
         dialogue = Dialogue.model_validate(row)
         assert alternates([m.model_dump() for m in dialogue.messages])
         assert all(t.text.strip() for t in dialogue.turns)
+        assert {"fidelity", "judge", "truncated"} <= set(dialogue.quality["checks"])
+    assert summary["lm"]["by_role"]["judge"]["calls"] == len(rows)
+    assert (out / "README.md").exists() and (out / "plot_checks.png").exists()
     assert "Note." in (out / "report.md").read_text()

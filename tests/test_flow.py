@@ -46,4 +46,6 @@ def test_augment_flow_writes_outputs_and_artifacts(
 
     import asyncio
 
-    assert {"augment-report", "augment-lm-calls", "augment-summary"} <= asyncio.run(artifact_keys())
+    keys = asyncio.run(artifact_keys())
+    assert {"augment-report", "augment-lm-calls", "augment-summary"} <= keys
+    assert {"augment-plot-counts", "augment-plot-lengths", "augment-plot-checks"} <= keys

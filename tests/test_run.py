@@ -93,7 +93,8 @@ def test_a_failing_endpoint_rejects_dialogues_and_the_run_goes_on(
     failed = rejects.filter(pl.col("stage") == "simulate")
     assert result.summary["dialogues"]["debate"] == 0 and failed.height == 2
     assert result.summary["dialogues"]["error_correction"] == 2
-    assert result.summary["quality"]["rejected"] == failed.height
+    assert result.summary["quality"]["failed"] == failed.height
+    assert result.summary["quality"]["rejected"] == 0  # the filter dropped nothing here
     assert all(r for r in failed["reason"].to_list())
 
 

@@ -1,0 +1,149 @@
+"""Verification: every check on every dialogue, the LLM judge included, and the filter policy.
+
+One code path for both uses: `master run` verifies the dialogues it just simulated, and
+`master verify --in FILE` verifies any ShareGPT dataset (ours, or the paper's BOOST-QA) after
+mapping its rows back to speakers. Judge calls go through the same content-addressed cache as
+the agents, so re-verifying an unchanged dataset costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.checks import Turns, Verdict, check_dialogue, failed_hard, judge_check, verdict
+from flows.config import MasterConfig, QualityConfig
+from flows.records import Dialogue, Reject
+from flows.simulate import Outcome
+from modules.callcache import CallRecord, dialogue_slot, ledger
+from modules.judge import Judge
+
+
+@dataclass
+class Item:
+    """One dialogue to verify, with what its checks compare it against."""
+
+    key: str
+    turns: Turns
+    scenario: str | None
+    domain: str
+    question: str
+    reference: str
+    similar_reference: str = ""
+
+
+@dataclass
+class Verified:
+    checks: dict[str, Verdict]
+    failed: list[str]
+    judge_score: int | None = None
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return not self.failed
+
+    def quality(self) -> dict[str, Any]:
+        """What is stored on the dataset row (DESIGN.md section 3: each check's verdict)."""
+        return {
+            "accepted": self.accepted,
+            "failed": self.failed,
+            "judge_score": self.judge_score,
+            "checks": self.checks,
+        }
+
+    def reason(self) -> str:
+        return "; ".join(f"{name}: {self.checks[name]['reason']}" for name in self.failed)
+
+
+def _judge_one(judge: Judge, item: Item) -> tuple[dict[str, Any] | None, str | None, list]:
+    with ledger() as book, dialogue_slot(f"{item.key}:{item.scenario}:judge"):
+        try:
+            pred = judge(question=item.question, reference=item.reference, turns=item.turns)
+        except Exception as exc:  # noqa: BLE001 - a judge failure fails the check, not the run
+            return None, " ".join(f"{type(exc).__name__}: {exc}".split())[:200], book.records
+        result = {"verdict": pred.verdict, "score": pred.score, "reason": pred.reason}
+        return result, None, list(book.records)
+
+
+def verify_items(
+    items: Sequence[Item],
+    q: QualityConfig,
+    judge: Judge | None = None,
+    concurrency: int = 16,
+    on_done: Callable[[int], None] | None = None,
+) -> list[Verified]:
+    """Checks for every item; judge calls run concurrently, results in item order."""
+    hard = q.hard_checks()
+
+    def one(item: Item) -> Verified:
+        checks = check_dialogue(
+            item.turns,
+            scenario=item.scenario,
+            domain=item.domain,
+            question=item.question,
+            reference=item.reference,
+            q=q,
+            similar_reference=item.similar_reference,
+        )
+        calls: list[CallRecord] = []
+        score = None
+        if judge is not None:
+            result, error, calls = _judge_one(judge, item)
+            checks["judge"] = judge_check(result, q.judge_min_score, error)
+            score = result["score"] if result else None
+            if item.domain == "general" and checks["judge"]["ok"] is not None:
+                checks["fidelity"] = verdict(
+                    checks["judge"]["ok"], "judge: " + checks["judge"]["reason"]
+                )
+        else:
+            checks["judge"] = judge_check(None, q.judge_min_score)
+        return Verified(checks, failed_hard(checks, hard), score, calls)
+
+    if judge is None or len(items) <= 1:
+        results = [one(item) for item in items]
+    else:
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
+            results = list(pool.map(one, items))
+    if on_done is not None:
+        on_done(len(results))
+    return results
+
+
+def verify_outcomes(outcomes: Sequence[Outcome], cfg: MasterConfig, judge: Judge | None) -> None:
+    """Verify the finished dialogues of a shard in place: verdicts on each row, judge calls
+    added to the dialogue's call records (so accounting and the cache see them)."""
+    done = [o for o in outcomes if o.dialogue is not None]
+    items = [
+        Item(
+            key=o.job.seed.id,
+            turns=[t.model_dump() for t in o.dialogue.turns],  # type: ignore[union-attr]
+            scenario=o.job.scenario,
+            domain=o.job.seed.domain,
+            question=o.job.seed.question,
+            reference=o.job.seed.reference,
+            similar_reference=o.job.similar.reference if o.job.similar else "",
+        )
+        for o in done
+    ]
+    results = verify_items(items, cfg.quality, judge, cfg.run.concurrency)
+    for outcome, result in zip(done, results, strict=True):
+        outcome.dialogue.quality.update(result.quality())  # type: ignore[union-attr]
+        outcome.calls.extend(result.calls)
+
+
+def quality_reject(dialogue: Dialogue) -> Reject:
+    """The rejects.parquet row of a dialogue the filter dropped: every failed hard check."""
+    failed = dialogue.quality.get("failed", [])
+    checks = dialogue.quality.get("checks", {})
+    return Reject(
+        stage="quality",
+        reason="; ".join(f"{name}: {checks[name]['reason']}" for name in failed),
+        source=dialogue.source,
+        seed_id=dialogue.seed_id,
+        detail=json.dumps({"scenario": dialogue.scenario, "checks": checks}, sort_keys=True),
+        checks=",".join(failed),
+    )
