@@ -18,7 +18,7 @@ TORCH_VERSION := 2.13.0
 OUT ?= out/run
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean serve stop
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -52,3 +52,11 @@ bench: install
 
 clean:
 	rm -rf out .master
+
+# A local Prefect server, the work pool, the deployments and a process worker, in the background
+# (deploy/serve.sh; PREFECT_PORT=4200 make serve to choose the port). `make stop` undoes it.
+serve: install
+	deploy/serve.sh start
+
+stop:
+	deploy/serve.sh stop
