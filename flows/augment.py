@@ -22,17 +22,21 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
+    create_progress_artifact,
     create_table_artifact,
+    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 
 from flows.config import MasterConfig, RunConfig, load_config
 from flows.jobs import Job
 from flows.records import Reject
-from flows.run import plan_jobs, publish, roles_in_use, run_shard
+from flows.run import new_budget, plan_jobs, publish, roles_in_use, run_shard, with_overrides
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import Outcome
+from modules.budget import CallBudget
 from modules.lm import check_keys
 
 
@@ -47,8 +51,10 @@ def plan_task(loaded: LoadResult, cfg: MasterConfig) -> tuple[list[Job], list[Re
 
 
 @task(name="simulate-shard", cache_policy=NO_CACHE, task_run_name="simulate-shard-{index}")
-def simulate_task(jobs: list[Job], cfg: MasterConfig, index: int) -> list[Outcome]:
-    return run_shard(jobs, cfg)
+def simulate_task(
+    jobs: list[Job], cfg: MasterConfig, index: int, budget: CallBudget | None = None
+) -> list[Outcome]:
+    return run_shard(jobs, cfg, budget)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -106,16 +112,51 @@ def dask_runner(run: RunConfig) -> TaskRunner:
     )
 
 
-def submit_shards(shards: list[list[Job]], cfg: MasterConfig) -> list[Outcome]:
-    """Every shard as a task on the current flow's task runner; outcomes in shard order."""
-    futures = [simulate_task.submit(shard, cfg, i) for i, shard in enumerate(shards)]
-    return [o for f in futures for o in f.result()]
+def submit_shards(
+    shards: list[list[Job]], cfg: MasterConfig, budget: CallBudget | None = None
+) -> list[Outcome]:
+    """Every shard as a task on the current flow's task runner; outcomes in shard order.
+
+    Progress (seeds done, calls, cache hits, ETA) is logged and kept in a progress artifact
+    as shards finish. One budget object is shared by threads; on a Dask cluster each shard
+    gets an equal share instead, since a counter cannot be shared across machines."""
+    total = sum(len(s) for s in shards)
+    if budget is None and cfg.run.task_runner == "dask" and shards:
+        shares = [new_budget(cfg, 1 / len(shards)) for _ in shards]
+    else:
+        shares = [budget for _ in shards]
+    futures = [
+        simulate_task.submit(shard, cfg, i, share)
+        for i, (shard, share) in enumerate(zip(shards, shares, strict=True))
+    ]
+    index = {f.task_run_id: i for i, f in enumerate(futures)}
+    progress = create_progress_artifact(
+        progress=0.0, key="augment-progress", description="seeds simulated and verified"
+    )
+    results: dict[int, list[Outcome]] = {}
+    done = calls = hits = 0
+    start = time.monotonic()
+    for future in as_completed(futures):
+        outcomes = future.result()
+        results[index[future.task_run_id]] = outcomes
+        done += len(outcomes)
+        records = [r for o in outcomes for r in o.calls]
+        calls += sum(1 for r in records if not r.cached)
+        hits += sum(1 for r in records if r.cached)
+        elapsed = time.monotonic() - start
+        eta = elapsed / done * (total - done) if done else 0.0
+        update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+        get_run_logger().info(
+            "%d/%d seeds done, %d LM calls, %d cache hits, eta %.0f s",
+            done, total, calls, hits, eta,
+        )  # fmt: skip
+    return [o for i in range(len(futures)) for o in results[i]]
 
 
 @flow(name="simulate-shards")
 def simulate_shards(shards: list[list[Job]], cfg: MasterConfig) -> list[Outcome]:
     """The shards on whatever task runner this subflow is given (Dask, see `dask_runner`)."""
-    return submit_shards(shards, cfg)
+    return submit_shards(shards, cfg)  # on Dask: a budget share per shard
 
 
 def on_cluster(cfg: MasterConfig) -> MasterConfig:
@@ -132,12 +173,17 @@ def augment(
     out: str | None = None,
     sample: int | None = None,
     seeds: list[str] | None = None,
+    scenarios: dict[str, float] | None = None,
+    max_calls: int | None = None,
 ) -> dict[str, Any]:
-    """Seeds -> dialogues -> dataset. Parameters override the config file's values."""
+    """Seeds -> dialogues -> dataset. Parameters override the config file's values:
+    `scenarios` the proportions (e.g. {"debate": 1, "analogy": 0, "error_correction": 0}),
+    `max_calls` the run's LM-call budget."""
     started = time.monotonic()
     cfg = load_config(config_path, profile)
     if sample is not None:
         cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
+    cfg = with_overrides(cfg, scenarios, max_calls)
     out_dir = out or cfg.run.out
     check_keys(cfg.lms, roles_in_use(cfg))
     loaded = load_task(cfg, seeds)
@@ -148,7 +194,7 @@ def augment(
         runner = dask_runner(cfg.run)
         outcomes = simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg))
     else:
-        outcomes = submit_shards(shards, cfg)
+        outcomes = submit_shards(shards, cfg, new_budget(cfg))
     summary = publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started)
     get_run_logger().info(
         "%d dialogues, %d LM calls, %d cache hits -> %s",

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--sample", type=int, metavar="N", help="use N seeds in all (split evenly)")
     run.add_argument("--out", metavar="DIR", help="output folder (default: run.out in the config)")
+    run.add_argument(
+        "--max-calls", type=int, metavar="N", help="stop dispatching after N LM calls (budget)"
+    )
 
     seeds = sub.add_parser(
         "seeds",
@@ -196,7 +199,11 @@ def _with_sample(cfg: MasterConfig, sample: int | None) -> MasterConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.run import run_pipeline
 
-    cfg = _with_sample(_load(args), args.sample)
+    from flows.run import with_overrides
+
+    if args.max_calls is not None and args.max_calls <= 0:
+        raise ConfigError("--max-calls: must be a positive number of calls")
+    cfg = with_overrides(_with_sample(_load(args), args.sample), None, args.max_calls)
     result = run_pipeline(cfg, Path(args.out) if args.out else None, args.seeds)
     s = result.summary
     print(
@@ -208,6 +215,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"dataset: {result.out / 'dataset.parquet'} (ShareGPT: {result.out / 'dataset.jsonl'})")
     print(f"report:  {result.out / 'report.md'}")
+    if s["budget"]["stopped"]:
+        print(
+            f"stopped early: the run's budget is spent; {s['budget']['unfinished']} dialogues "
+            "are unfinished (their finished calls are cached: run again to complete them)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -145,6 +145,20 @@ class CacheConfig(BaseModel):
     enabled: bool = True
 
 
+class BudgetConfig(BaseModel):
+    """Caps on what one run may spend on models; cache hits are free. Unset = no cap."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_calls: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+
+    @property
+    def capped(self) -> bool:
+        return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost_usd))
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -157,6 +171,7 @@ class RunConfig(BaseModel):
     dask_address: str | None = Field(
         default=None, description="scheduler, e.g. tcp://10.0.0.5:8786; None = a local cluster"
     )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
 
 STRUCTURE_CHECKS = ("empty", "role_leakage", "language", "length", "repetition", "truncated")

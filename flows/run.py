@@ -37,6 +37,7 @@ from flows.retrieval import Embedder, RetrievalMemory, minilm_embedder, pick_sim
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import Outcome, simulate
 from flows.verify import quality_reject, verify_outcomes
+from modules.budget import BUDGET_SPENT, CallBudget
 from modules.callcache import CallStore
 from modules.judge import Judge
 from modules.lm import build_role_lms, check_keys
@@ -135,28 +136,77 @@ def _progress(total: int) -> Any:
     return on_done
 
 
-def open_programs(cfg: MasterConfig, jobs: list[Job]) -> tuple[dict, CallStore | None]:
+def with_overrides(
+    cfg: MasterConfig, proportions: dict[str, float] | None = None, max_calls: int | None = None
+) -> MasterConfig:
+    """The config with a run's own scenario mix or call budget (flow parameters, CLI flags)."""
+    if proportions:
+        scen = cfg.scenarios.model_copy(update={"proportions": proportions})
+        cfg = cfg.model_copy(update={"scenarios": type(scen).model_validate(scen.model_dump())})
+    if max_calls:
+        budget = cfg.run.budget.model_copy(update={"max_calls": max_calls})
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"budget": budget})})
+    return cfg
+
+
+def new_budget(cfg: MasterConfig, share: float = 1.0) -> CallBudget | None:
+    """The run's budget (or a share of it, for shards that cannot share one counter)."""
+    b = cfg.run.budget
+    if not b.capped:
+        return None
+
+    def part(limit: float | None) -> Any:
+        return None if limit is None else type(limit)(max(1, limit * share))
+
+    return CallBudget(part(b.max_calls), part(b.max_tokens), part(b.max_cost_usd))
+
+
+def open_programs(
+    cfg: MasterConfig, jobs: list[Job], budget: CallBudget | None = None
+) -> tuple[dict, CallStore | None]:
     """The scenario programs on the LMs of the roles these jobs need, and the call cache."""
     store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
     needed = tuple(sorted({r for j in jobs for r in ROLES_BY_SCENARIO[j.scenario]}))
-    lms = build_role_lms(cfg.lms, store, needed)  # type: ignore[arg-type]
+    lms = build_role_lms(cfg.lms, store, needed, budget)  # type: ignore[arg-type]
     return configured_programs(lms, cfg.scenarios.programs, cfg.optimize.programs_dir), store
 
 
-def open_judge(cfg: MasterConfig, store: CallStore | None) -> Judge | None:
+def open_judge(
+    cfg: MasterConfig, store: CallStore | None, budget: CallBudget | None = None
+) -> Judge | None:
     if not judging(cfg):
         return None
-    return Judge(build_role_lms(cfg.lms, store, ("judge",))["judge"])
+    return Judge(build_role_lms(cfg.lms, store, ("judge",), budget)["judge"])
 
 
-def run_shard(jobs: list[Job], cfg: MasterConfig) -> list[Outcome]:
+def _unfinished(outcome: Outcome) -> None:
+    """A dialogue the budget stopped is unfinished work, not a failure: the next run ends it."""
+    if outcome.reject is not None and BUDGET_SPENT in outcome.reject.reason:
+        outcome.reject.stage = "budget"
+    if outcome.dialogue is not None and outcome.dialogue.quality.get("unfinished"):
+        seed = outcome.job.seed
+        outcome.reject = Reject(
+            stage="budget",
+            reason="generated but not judged: " + outcome.dialogue.quality["unfinished"],
+            source=seed.source,
+            location=seed.meta.get("location"),
+            seed_id=seed.id,
+        )
+        outcome.dialogue = None
+
+
+def run_shard(
+    jobs: list[Job], cfg: MasterConfig, budget: CallBudget | None = None
+) -> list[Outcome]:
     """Simulate and verify one shard of jobs, with its own programs and cache handle."""
-    programs, store = open_programs(cfg, jobs)
+    programs, store = open_programs(cfg, jobs, budget)
     dialogues = DialogueStore(cfg.cache.dir) if cfg.cache.enabled else None
     try:
         outcomes = simulate(jobs, programs, cfg, on_done=_progress(len(jobs)), dialogues=dialogues)
         if cfg.quality.enabled:
-            verify_outcomes(outcomes, cfg, open_judge(cfg, store))
+            verify_outcomes(outcomes, cfg, open_judge(cfg, store, budget))
+        for outcome in outcomes:
+            _unfinished(outcome)
         return outcomes
     finally:
         if store is not None:
@@ -175,7 +225,11 @@ def publish(
 ) -> dict[str, Any]:
     """Filter, merge and write every output file; return the summary (also summary.json)."""
     dialogues = [o.dialogue for o in outcomes if o.dialogue is not None]
-    failed = [*plan_rejects, *(o.reject for o in outcomes if o.reject is not None)]
+    stopped = [o.reject for o in outcomes if o.reject is not None and o.reject.stage == "budget"]
+    failed = [
+        *plan_rejects,
+        *(o.reject for o in outcomes if o.reject is not None and o.reject.stage != "budget"),
+    ]
     accepted = [d for d in dialogues if d.quality.get("accepted", True)]
     dropped = [quality_reject(d) for d in dialogues if not d.quality.get("accepted", True)]
     records = [rec for o in outcomes for rec in o.calls]
@@ -205,13 +259,18 @@ def publish(
         },
         "lm": lm_block(records, cfg.lms),
         "rows": {"published": len(merged), "duplicates_dropped": duplicates},
+        "budget": {
+            **cfg.run.budget.model_dump(),
+            "stopped": bool(stopped),
+            "unfinished": len(stopped),
+        },
         "elapsed_s": 0.0,
         "config_hash": cfg.fingerprint(),
     }
     versions = {o.job.scenario: o.dialogue.provenance["program_version"] for o in outcomes
                 if o.dialogue is not None}  # fmt: skip
     write_dataset(out, merged, cfg.publish)
-    write_rejects(out, [*loaded.rejects, *failed, *dropped])
+    write_rejects(out, [*loaded.rejects, *failed, *dropped, *stopped])
     plots = write_plots(out, merged, summary["quality"]["pass_rates"])
     summary["elapsed_s"] = round(time.monotonic() - started, 3)
     used = {r for o in outcomes for r in ROLES_BY_SCENARIO[o.job.scenario]}
@@ -244,6 +303,6 @@ def run_pipeline(
         loaded.contaminated,
     )
     jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
-    outcomes = run_shard(jobs, cfg)
+    outcomes = run_shard(jobs, cfg, new_budget(cfg))
     summary = publish(cfg, out, loaded, plan_rejects, outcomes, started)
     return RunResult(out=out, summary=summary)

@@ -18,6 +18,7 @@ from flows.checks import Turns, Verdict, check_dialogue, failed_hard, judge_chec
 from flows.config import MasterConfig, QualityConfig
 from flows.records import Dialogue, Reject
 from flows.simulate import Outcome
+from modules.budget import BUDGET_SPENT
 from modules.callcache import CallRecord, dialogue_slot, ledger
 from modules.judge import Judge
 
@@ -41,6 +42,7 @@ class Verified:
     failed: list[str]
     judge_score: int | None = None
     calls: list[CallRecord] = field(default_factory=list)
+    unfinished: str | None = None  # why a check could not run (the budget): retried next run
 
     @property
     def accepted(self) -> bool:
@@ -53,6 +55,7 @@ class Verified:
             "failed": self.failed,
             "judge_score": self.judge_score,
             "checks": self.checks,
+            **({"unfinished": self.unfinished} if self.unfinished else {}),
         }
 
     def reason(self) -> str:
@@ -91,8 +94,11 @@ def verify_items(
         )
         calls: list[CallRecord] = []
         score = None
+        unfinished = None
         if judge is not None:
             result, error, calls = _judge_one(judge, item)
+            if error is not None and BUDGET_SPENT in error:
+                unfinished, error = error, None
             checks["judge"] = judge_check(result, q.judge_min_score, error)
             score = result["score"] if result else None
             if item.domain == "general" and checks["judge"]["ok"] is not None:
@@ -101,7 +107,7 @@ def verify_items(
                 )
         else:
             checks["judge"] = judge_check(None, q.judge_min_score)
-        return Verified(checks, failed_hard(checks, hard), score, calls)
+        return Verified(checks, failed_hard(checks, hard), score, calls, unfinished)
 
     if judge is None or len(items) <= 1:
         results = [one(item) for item in items]

@@ -8,24 +8,31 @@ BudgetExhausted, which the caller turns into "stopped, everything finished is ke
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import Any
+
+BUDGET_SPENT = "budget of"  # in every refusal's message: how a caught error is recognised
 
 
 class BudgetExhausted(RuntimeError):
     """No new LM call may be made: the run's budget is spent."""
 
 
-@dataclass
 class CallBudget:
-    max_calls: int | None = None
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-    calls: int = 0
-    tokens: int = 0
-    cost_usd: float = 0.0
-    refused: int = 0  # calls turned away: the work that needed them is unfinished
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """A plain class, not a dataclass: orchestrators that rebuild dataclass parameters would
+    hand each task its own counter, and the cap must be one counter for the whole run."""
+
+    def __init__(
+        self,
+        max_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+    ) -> None:
+        self.max_calls, self.max_tokens, self.max_cost_usd = max_calls, max_tokens, max_cost_usd
+        self.calls = 0
+        self.tokens = 0
+        self.cost_usd = 0.0
+        self.refused = 0  # calls turned away: the work that needed them is unfinished
+        self._lock = threading.Lock()
 
     def reason(self) -> str | None:
         """Why no new call may start, or None while there is budget left."""
@@ -54,6 +61,14 @@ class CallBudget:
     @property
     def exhausted(self) -> bool:
         return self.reason() is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (for task runners that ship it); a copy counts on its own from there."""
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 class BudgetEngine:

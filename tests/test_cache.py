@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import diskcache
+import polars as pl
 import pytest
 
 import modules.debate
 import modules.error_correction
-from conftest import PROJECT, role_lms
+from conftest import PROJECT, role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.config import load_config
 from flows.run import run_pipeline
@@ -166,3 +168,59 @@ def test_two_runs_at_once_on_one_cache_both_finish(
     assert (tmp_path / "out0" / "dataset.jsonl").read_bytes() == (
         tmp_path / "out1" / "dataset.jsonl"
     ).read_bytes()
+
+
+def test_a_budget_caps_the_calls_and_keeps_every_finished_dialogue(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = write_config(role_lms(fake_llm.base_url), sample=9, run={"concurrency": 2})
+    out = tmp_path / "out"
+    proc = run_cli("run", "--config", str(config), "--out", str(out), "--max-calls", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert fake_llm.request_count <= 10
+    assert "stopped early" in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"]["stopped"] and summary["budget"]["unfinished"] > 0
+    published = (out / "dataset.jsonl").read_text().splitlines()
+    assert len(published) == sum(summary["dialogues"].values()) > 0
+    unfinished = pl.read_parquet(out / "rejects.parquet").filter(pl.col("stage") == "budget")
+    assert unfinished.height == summary["budget"]["unfinished"]
+    assert len(published) + unfinished.height == 9
+    # the next run without a cap makes only the calls that were not made
+    capped = fake_llm.request_count
+    proc = run_cli("run", "--config", str(config), "--out", str(tmp_path / "rest"))
+    assert proc.returncode == 0, proc.stderr
+    with FakeLLMServer() as fresh:
+        text = config.read_text().replace(fake_llm.base_url, fresh.base_url)
+        fresh_config = tmp_path / "fresh.yaml"
+        fresh_config.write_text(text.replace(str(tmp_path / "cache"), str(tmp_path / "c2")))
+        assert run_cli("run", "--config", str(fresh_config), "--out",
+                       str(tmp_path / "fresh")).returncode == 0  # fmt: skip
+        total = fresh.request_count
+    assert fake_llm.request_count == total
+    assert capped < total
+
+
+def test_ctrl_c_keeps_finished_calls_and_the_rerun_makes_only_the_rest(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    with FakeLLMServer(latency=0.05) as server:
+        config = write_config(role_lms(server.base_url), sample=9, run={"concurrency": 2})
+        proc = _cli_run(config, tmp_path / "out")
+        assert server.wait_for_requests(8, timeout=180)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert "finished LM calls are kept" in (proc.stderr.read() if proc.stderr else "")
+        finished = _finished_calls(tmp_path / "cache")
+        server.reset()
+        proc = _cli_run(config, tmp_path / "out")
+        assert proc.wait(timeout=300) == 0
+        resumed = server.request_count
+        server.reset()
+        fresh_config = tmp_path / "fresh.yaml"
+        fresh_config.write_text(
+            config.read_text().replace(str(tmp_path / "cache"), str(tmp_path / "cache2"))
+        )
+        assert _cli_run(fresh_config, tmp_path / "fresh").wait(timeout=300) == 0
+        total = server.request_count
+    assert 0 < finished < total and resumed == total - finished
