@@ -27,6 +27,7 @@ from flows.records import Dialogue, Reject
 from modules.analogy import Analogy
 from modules.callcache import CallRecord, dialogue_slot, ledger
 from modules.debate import Debate
+from modules.dspy_speedups import InlineDSPyHelpers
 from modules.error_correction import ErrorCorrection
 from modules.http_engine import close_loop_sessions
 
@@ -241,6 +242,7 @@ def simulate(
                 report()
 
         async def main() -> None:
+            asyncio.get_running_loop().set_default_executor(InlineDSPyHelpers())
             queue = todo[::-1]  # popped from the end: jobs start in job order
             try:
                 workers = min(cfg.run.concurrency, len(todo))

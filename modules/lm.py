@@ -15,10 +15,13 @@ from collections.abc import Mapping
 import dspy
 from dspy.clients.engines import AsyncLiteLLMEngine, LiteLLMEngine
 
+from modules import dspy_speedups
 from modules.callcache import AsyncCachingEngine, CachingEngine, CallStore
 from modules.embedded import AsyncEmbeddedEngine, EmbeddedEngine
 from modules.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, serves
 from modules.settings import LMSettings, Role, RoleLMs
+
+dspy_speedups.install()
 
 
 class LMConfigError(Exception):

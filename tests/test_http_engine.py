@@ -211,3 +211,26 @@ def test_an_openai_quota_failure_is_not_retried() -> None:
     error = _http_error(429, quota, None)
     assert not _retryable(error) and error.status == 429
     assert _retryable(_http_error(429, b'{"error": {"code": "rate_limit_exceeded"}}', 1.0))
+
+
+def test_the_cached_serializer_matches_dspys_own() -> None:
+    """Prompts, and so cache keys, must not change: same output as DSPy's serialize_for_json."""
+    import numpy as np
+    from pydantic import BaseModel, TypeAdapter
+
+    from modules.dspy_speedups import serialize_for_json
+
+    class Point(BaseModel):
+        x: int
+        label: str
+
+    def dspy_original(value: object) -> object:  # DSPy 3.4.1's body, verbatim
+        try:
+            return TypeAdapter(type(value)).dump_python(value, mode="json", fallback=str)
+        except Exception:  # noqa: BLE001
+            return str(value)
+
+    values = ["plain", "", 3, 2.5, None, True, ["a", 1], {"k": [1, 2]}, Point(x=1, label="p")]
+    values += [np.float32(1.5), {"n": np.int64(3)}, ("t", 1), object]
+    for value in values:
+        assert serialize_for_json(value) == dspy_original(value), value
