@@ -365,6 +365,17 @@ def _markdown(results: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + f"; run {m['date']}.",
         "",
+    ]
+    if any(" (" in name for name in results["benches"]):
+        lines += [
+            "Benches named `NAME (TAG)` were run with `--tag TAG` on another version of the code:",
+            "the `before: ...` pairs at commit f04893d (main at 00973bb plus these benchmarks: "
+            "LiteLLM engine, 64 dialogue threads), with "
+            "`git checkout f04893d && python benchmarks/run.py --only baseline throughput "
+            "--seeds 2000 --tag 'before: LiteLLM engine, 64 threads'`.",
+            "",
+        ]
+    lines += [
         "| bench | figure | value | command |",
         "|---|---|---|---|",
     ]
@@ -402,6 +413,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="benches to run")
     parser.add_argument("--measure-load", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite RESULTS.md from results.json"
+    )
     parser.add_argument("--seeds", type=int, help="override the seed count of the chosen benches")
     parser.add_argument(
         "--tag", help="store the figures as 'NAME (TAG)', e.g. to keep a before/after pair"
@@ -410,6 +424,9 @@ def main() -> int:
     if args.measure_load:
         return measure_load(args.measure_load)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    if args.render:
+        RESULTS_MD.write_text(_markdown(previous))
+        return 0
     results = {"machine": _machine(), "benches": previous.get("benches", {})}
     for name in args.only or list(BENCHES):
         print(f"running {name} ...", flush=True)
