@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import modules  # noqa: E402,F401
 from flows.config import load_config  # noqa: E402
@@ -152,6 +153,35 @@ def bench_throughput(seeds: int = 2000, latency: float = 0.2, concurrency: int =
         "rejects": reasons,
         "command": f"python benchmarks/run.py --only throughput  # {seeds} seeds",
     }
+
+
+def bench_baseline(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
+    """The plain asyncio baseline (benchmarks/baseline.py) against the same fake server, and
+    the pipeline's throughput (from the last throughput bench) as a fraction of it."""
+    import asyncio
+
+    import baseline
+
+    with fake_server(latency) as (base_url, served):
+        figures = asyncio.run(baseline.run(base_url, seeds, concurrency))
+        figures["served"] = served()
+    ideal = figures["calls"] * latency / concurrency
+    figures["latency_s"] = latency
+    figures["ideal_s"] = round(ideal, 2)
+    figures["fraction_of_ideal"] = round(ideal / figures["wall_s"], 3)
+    figures["command"] = f"python benchmarks/run.py --only baseline  # {seeds} dialogues"
+    return figures
+
+
+def _pipeline_vs_baseline(results: dict, tag: str | None) -> None:
+    """Pipeline calls/s over baseline calls/s, when both benches (same tag) have figures."""
+    suffix = f" ({tag})" if tag else ""
+    benches = results["benches"]
+    pipeline, base = benches.get(f"throughput{suffix}"), benches.get(f"baseline{suffix}")
+    if pipeline and base and base.get("calls_per_s"):
+        rate = pipeline["calls"] / pipeline["wall_s"]
+        pipeline["calls_per_s"] = round(rate, 2)
+        pipeline["fraction_of_baseline"] = round(rate / base["calls_per_s"], 3)
 
 
 def bench_embedded(seeds: int = 6) -> dict:
@@ -311,6 +341,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "dedupe": bench_dedupe,
     "load_sharegpt": bench_load_sharegpt,
     "throughput": bench_throughput,
+    "baseline": bench_baseline,
     "embedded": bench_embedded,
 }
 
@@ -334,6 +365,17 @@ def _markdown(results: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + f"; run {m['date']}.",
         "",
+    ]
+    if any(" (" in name for name in results["benches"]):
+        lines += [
+            "Benches named `NAME (TAG)` were run with `--tag TAG` on another version of the code:",
+            "the `before: ...` pairs at commit f04893d (main at 00973bb plus these benchmarks: "
+            "LiteLLM engine, 64 dialogue threads), with "
+            "`git checkout f04893d && python benchmarks/run.py --only baseline throughput "
+            "--seeds 2000 --tag 'before: LiteLLM engine, 64 threads'`.",
+            "",
+        ]
+    lines += [
         "| bench | figure | value | command |",
         "|---|---|---|---|",
     ]
@@ -371,17 +413,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="benches to run")
     parser.add_argument("--measure-load", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite RESULTS.md from results.json"
+    )
     parser.add_argument("--seeds", type=int, help="override the seed count of the chosen benches")
+    parser.add_argument(
+        "--tag", help="store the figures as 'NAME (TAG)', e.g. to keep a before/after pair"
+    )
     args = parser.parse_args()
     if args.measure_load:
         return measure_load(args.measure_load)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    if args.render:
+        RESULTS_MD.write_text(_markdown(previous))
+        return 0
     results = {"machine": _machine(), "benches": previous.get("benches", {})}
     for name in args.only or list(BENCHES):
         print(f"running {name} ...", flush=True)
         bench = BENCHES[name]
-        results["benches"][name] = bench(args.seeds) if args.seeds else bench()  # type: ignore[call-arg]
-        print(json.dumps(results["benches"][name], indent=2), flush=True)
+        figures = bench(args.seeds) if args.seeds else bench()  # type: ignore[call-arg]
+        if args.tag:
+            figures["command"] += f" --tag '{args.tag}'"
+        results["benches"][f"{name} ({args.tag})" if args.tag else name] = figures
+        print(json.dumps(figures, indent=2), flush=True)
+    _pipeline_vs_baseline(results, args.tag)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     RESULTS_MD.write_text(_markdown(results))
     print(f"wrote {RESULTS_MD}")

@@ -197,9 +197,7 @@ def _with_sample(cfg: MasterConfig, sample: int | None) -> MasterConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.run import run_pipeline
-
-    from flows.run import with_overrides
+    from flows.run import run_pipeline, with_overrides
 
     if args.max_calls is not None and args.max_calls <= 0:
         raise ConfigError("--max-calls: must be a positive number of calls")

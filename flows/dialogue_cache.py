@@ -52,7 +52,9 @@ def replayed_calls(hit: dict[str, Any]) -> list[CallRecord]:
 
 class DialogueStore:
     def __init__(self, directory: str | Path) -> None:
-        self.cache = diskcache.Cache(str(Path(directory) / "dialogues"), disk=diskcache.JSONDisk)
+        self.cache = diskcache.Cache(
+            str(Path(directory) / "dialogues"), disk=diskcache.JSONDisk, cull_limit=0
+        )  # no eviction check per write: see modules/callcache.py CallStore
 
     def get(self, key: str) -> dict[str, Any] | None:
         value = self.cache.get(key)

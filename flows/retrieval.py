@@ -69,21 +69,28 @@ def pick_similar(
     texts = [q.question for q in queries] + [c.question for c in candidates]
     vectors = embed(texts)
     qv, cv = vectors[: len(queries)], vectors[len(queries) :]
+    # Candidates of each domain, and their vectors, gathered once rather than once per query.
+    # (One matrix-vector product per query, as before: a matrix product would round
+    # differently and could change which partner a query gets.)
+    by_domain: dict[str, list[int]] = {}
+    for j, c in enumerate(candidates):
+        by_domain.setdefault(c.domain, []).append(j)
+    domain_idx = {d: np.asarray(ix) for d, ix in by_domain.items()}
+    domain_vectors = {d: cv[ix] for d, ix in domain_idx.items()}
     result: dict[str, Match | None] = {}
     for i, query in enumerate(queries):
-        idx = [j for j, c in enumerate(candidates) if c.domain == query.domain]
-        if not idx:
+        idx = domain_idx.get(query.domain)
+        if idx is None:
             result[query.id] = None
             continue
-        sims = cv[idx] @ qv[i]
-        order = [
-            (idx[j], float(sims[j]))
-            for j in np.argsort(-sims, kind="stable")
-            if sims[j] < NEAR_DUPLICATE
-        ][:top_k]
-        if not order:
+        sims = domain_vectors[query.domain] @ qv[i]
+        # The top_k most similar below the near-duplicate bound, ties in pool order (stable).
+        valid = np.flatnonzero(sims < NEAR_DUPLICATE)
+        best = valid[np.argsort(-sims[valid], kind="stable")[:top_k]]
+        if not len(best):
             result[query.id] = None
             continue
+        order = [(int(idx[j]), float(sims[j])) for j in best]
         j, sim = random.Random(query.id).choice(order)
         result[query.id] = Match(candidates[j], sim)
     return result

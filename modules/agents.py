@@ -35,18 +35,31 @@ class Agent(dspy.Module):
         self.output_field = next(iter(signature.output_fields))
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
-        problems: list[str] = []
-        text = ""
-        finish: str | None = None
         for attempt in range(self.retries + 1):
             with rollout(attempt):
                 prediction = self.predict(**inputs)
-            text = str(getattr(prediction, self.output_field, "") or "").strip()
-            book = current_ledger()
-            finish = book.last.finish_reason if book and book.last else None
-            problems = turn_problems(text, self.speaker, finish)
+            text, finish, problems = self._judge(prediction)
             if not problems:
                 break
+        return self._turn(text, finish, problems)
+
+    async def aforward(self, **inputs: Any) -> dict[str, Any]:
+        """The same turn on the event loop: the LM call is awaited, not run in a thread."""
+        for attempt in range(self.retries + 1):
+            with rollout(attempt):
+                prediction = await self.predict.acall(**inputs)
+            text, finish, problems = self._judge(prediction)
+            if not problems:
+                break
+        return self._turn(text, finish, problems)
+
+    def _judge(self, prediction: dspy.Prediction) -> tuple[str, str | None, list[str]]:
+        text = str(getattr(prediction, self.output_field, "") or "").strip()
+        book = current_ledger()
+        finish = book.last.finish_reason if book and book.last else None
+        return text, finish, turn_problems(text, self.speaker, finish)
+
+    def _turn(self, text: str, finish: str | None, problems: list[str]) -> dict[str, Any]:
         lm = self.predict.lm
         return {
             "speaker": self.speaker,

@@ -42,3 +42,27 @@ class Analogy(dspy.Module):
             )
         )
         return dspy.Prediction(turns=turns)
+
+    async def aforward(
+        self,
+        question: str,
+        reference: str,
+        similar_question: str,
+        similar_reference: str = "",
+    ) -> dspy.Prediction:
+        turns = [fixed_turn("question", question)]
+        turns.append(await self.teacher.acall(question=question, reference=reference))
+        turns.append(
+            await self.student.acall(
+                question=question, reference=reference, dialogue=transcript(turns)
+            )
+        )
+        turns.append(fixed_turn("teacher", f"{TRANSITION}\n\n{similar_question}"))
+        turns.append(
+            await self.student.acall(
+                question=similar_question,
+                reference=similar_reference or "(not given)",
+                dialogue=transcript(turns),
+            )
+        )
+        return dspy.Prediction(turns=turns)

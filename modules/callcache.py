@@ -132,7 +132,10 @@ class CallStore:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.cache = diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk)
+        # cull_limit=0: no eviction check on every write. It halves the CPU of a write (the
+        # check costs two more queries), and LM results are never dropped silently when the
+        # store passes diskcache's default 1 GB size limit; `master cache` manages the size.
+        self.cache = diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk, cull_limit=0)
 
     def get(self, key: str) -> dict[str, Any] | None:
         value = self.cache.get(key)
@@ -193,16 +196,17 @@ class CachingEngine:
 
     def _save(self, key: str, request: Request, response: Response) -> None:
         if self.store is not None:
+            facts = slot_facts(request)
             slot = current_slot()
             if slot is not None:
-                self.store.put_slot(slot, {**slot_facts(request), "call": key})
+                self.store.put_slot(slot, {**facts, "call": key})
             self.store.put(
                 key,
                 {
                     "response": response_to_dict(response),
                     "role": self.role,
                     "model": request.model,
-                    "system_sha": slot_facts(request)["system_sha"],
+                    "system_sha": facts["system_sha"],
                     "ts": time.time(),
                 },
             )

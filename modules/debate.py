@@ -35,3 +35,22 @@ class Debate(dspy.Module):
             self.student_c(question=question, reference=reference, dialogue=transcript(debate))
         )
         return dspy.Prediction(turns=turns)
+
+    async def aforward(self, question: str, reference: str, rounds: int = 1) -> dspy.Prediction:
+        if rounds not in (1, 2):
+            raise ValueError("a debate has 1 or 2 rounds")
+        turns = [fixed_turn("question", question)]
+        debate: list[dict] = []
+        for _ in range(rounds):
+            for name, agent in (("Student A", self.student_a), ("Student B", self.student_b)):
+                so_far = transcript(debate) or "(nobody has spoken yet)"
+                debate.append(
+                    await agent.acall(student_name=name, question=question, dialogue=so_far)
+                )
+        turns += debate
+        turns.append(
+            await self.student_c.acall(
+                question=question, reference=reference, dialogue=transcript(debate)
+            )
+        )
+        return dspy.Prediction(turns=turns)

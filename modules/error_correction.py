@@ -32,3 +32,18 @@ class ErrorCorrection(dspy.Module):
             self.strong_student(question=question, reference=reference, dialogue=transcript(turns))
         )
         return dspy.Prediction(turns=turns)
+
+    async def aforward(self, question: str, reference: str) -> dspy.Prediction:
+        turns = [fixed_turn("question", question)]
+        turns.append(await self.weak_student.acall(question=question))
+        turns.append(
+            await self.teacher.acall(
+                question=question, reference=reference, dialogue=transcript(turns)
+            )
+        )
+        turns.append(
+            await self.strong_student.acall(
+                question=question, reference=reference, dialogue=transcript(turns)
+            )
+        )
+        return dspy.Prediction(turns=turns)

@@ -1,9 +1,10 @@
 """Role -> dspy.LM: the one place where settings become live models.
 
 Each role gets a ``dspy.LM`` whose engine is our ``CachingEngine`` in front of the real one:
-DSPy's LiteLLM engine for any OpenAI-compatible endpoint, or the embedded SmolLM2. DSPy's own
-response cache is off (``cache=False``) so it never shadows ours; DSPy keeps what it is good
-at (adapters, retries, history).
+our own engine for OpenAI-compatible endpoints (``openai/...`` and ``hosted_vllm/...`` model
+ids; modules/http_engine.py, which also owns the retries), DSPy's LiteLLM engine for any other
+provider prefix, or the embedded SmolLM2. DSPy's own response cache is off (``cache=False``) so
+it never shadows ours; DSPy keeps what it is good at (adapters, history).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from collections.abc import Mapping
 import dspy
 from dspy.clients.engines import AsyncLiteLLMEngine, LiteLLMEngine
 
+from modules import dspy_speedups
 from modules.budget import AsyncBudgetEngine, BudgetEngine, CallBudget
 from modules.callcache import AsyncCachingEngine, CachingEngine, CallStore
 from modules.embedded import AsyncEmbeddedEngine, EmbeddedEngine
+from modules.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, serves
 from modules.settings import LMSettings, Role, RoleLMs
+
+dspy_speedups.install()
 
 
 class LMConfigError(Exception):
@@ -35,21 +40,26 @@ def check_keys(lms: RoleLMs, roles: tuple[Role, ...]) -> None:
             )
 
 
-def _remote_engines(role: Role, settings: LMSettings) -> tuple[object, object]:
+def _remote_engines(
+    role: Role, settings: LMSettings, num_retries: int
+) -> tuple[object, object, int]:
+    """The sync and async engines, and the retries left to DSPy (0 when the engine retries)."""
+    if settings.api_key_env and not os.environ.get(settings.api_key_env):
+        raise LMConfigError(
+            f"role {role}: environment variable {settings.api_key_env} is not set "
+            f"(it must hold the API key for {settings.model})"
+        )
+    if serves(settings.model):
+        policy = (settings.api_base, settings.api_key_env, settings.timeout_s, num_retries)
+        return OpenAICompatEngine(*policy), AsyncOpenAICompatEngine(*policy), 0
     options: dict[str, object] = {"timeout": settings.timeout_s}
     if settings.api_base:
         options["api_base"] = settings.api_base
     if settings.api_key_env:
-        key = os.environ.get(settings.api_key_env)
-        if not key:
-            raise LMConfigError(
-                f"role {role}: environment variable {settings.api_key_env} is not set "
-                f"(it must hold the API key for {settings.model})"
-            )
-        options["api_key"] = key
+        options["api_key"] = os.environ[settings.api_key_env]
     elif settings.api_base:
         options["api_key"] = "not-needed"  # local servers ignore it; LiteLLM insists on one
-    return LiteLLMEngine(**options), AsyncLiteLLMEngine(**options)
+    return LiteLLMEngine(**options), AsyncLiteLLMEngine(**options), num_retries
 
 
 def build_lm(
@@ -63,7 +73,7 @@ def build_lm(
         inner = EmbeddedEngine()
         ainner: object = AsyncEmbeddedEngine(inner)
     else:
-        inner, ainner = _remote_engines(role, settings)  # type: ignore[assignment]
+        inner, ainner, num_retries = _remote_engines(role, settings, num_retries)  # type: ignore[assignment]
     if budget is not None:  # behind the cache: only calls that reach a model are charged
         prices = (settings.price_in_per_mtok or 0.0, settings.price_out_per_mtok or 0.0)
         inner = BudgetEngine(inner, budget, *prices)  # type: ignore[assignment]

@@ -1,0 +1,80 @@
+"""Two measured hot spots in DSPy 3.4, removed without changing any output.
+
+``dspy.adapters.utils.serialize_for_json`` builds a new pydantic ``TypeAdapter`` for every
+field value it formats: six or seven per LM call for our signatures (inputs and the
+instruction placeholders), about 0.15 ms each, so about 1 ms of CPU per call spent
+rebuilding the same few schemas. Here the adapter is built once per value type (and a plain
+``str``, by far the common case, is returned as is: that is what pydantic returns for it).
+The result is the same value, so the rendered prompts, and the cache keys computed from them,
+do not change (tests/test_http_engine.py checks it against DSPy's own function).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache, partial
+from typing import Any
+
+from pydantic import TypeAdapter
+
+_installed = False
+
+
+@lru_cache(maxsize=512)
+def _adapter(value_type: type) -> TypeAdapter[Any]:
+    return TypeAdapter(value_type)
+
+
+def serialize_for_json(value: Any) -> Any:
+    """DSPy's serialize_for_json, with the TypeAdapter cached per type."""
+    if type(value) is str:
+        return value
+    try:
+        return _adapter(type(value)).dump_python(value, mode="json", fallback=str)
+    except Exception:  # noqa: BLE001 - DSPy's own fallback, unchanged
+        return str(value)
+
+
+def install() -> None:
+    """Point DSPy's adapter modules at the cached version (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    import dspy.adapters.base
+    import dspy.adapters.json_adapter
+    import dspy.adapters.utils
+
+    for module in (dspy.adapters.utils, dspy.adapters.base, dspy.adapters.json_adapter):
+        if hasattr(module, "serialize_for_json"):
+            module.serialize_for_json = serialize_for_json  # type: ignore[attr-defined]
+    _installed = True
+
+
+#: DSPy's async path sends these to a worker thread on every call (asyncio.to_thread): request
+#: preparation, capability planning and advisory pricing. They are CPU work (they would read
+#: local media files, which our prompts never carry), so the hop buys no concurrency under the
+#: GIL; with many dialogues in flight the thread hand-offs cost more CPU than the work itself.
+_INLINE = {
+    ("dspy.clients.execution", "prepare"),
+    ("dspy.clients.execution", "_price_result"),
+    ("dspy.clients.execution", "_cached"),
+    ("dspy.clients.execution", "_store"),
+    ("dspy.clients.capabilities", "capabilities"),
+}
+
+
+class InlineDSPyHelpers(ThreadPoolExecutor):
+    """A loop's default executor that runs DSPy's per-call helpers inline, on the loop's own
+    thread, and everything else (DNS lookups, the embedded model) in worker threads as usual."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        target = fn.args[0] if isinstance(fn, partial) and fn.args else fn
+        name = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+        if name not in _INLINE:
+            return super().submit(fn, *args, **kwargs)
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine
+            future.set_exception(exc)
+        return future
