@@ -32,6 +32,7 @@ from prefect.task_runners import TaskRunner
 
 from flows.config import MasterConfig, RunConfig, load_config
 from flows.jobs import Job
+from flows.output import output_lock
 from flows.records import Reject
 from flows.run import new_budget, plan_jobs, publish, roles_in_use, run_shard, with_overrides
 from flows.seeds import LoadResult, load_seeds
@@ -186,16 +187,17 @@ def augment(
     cfg = with_overrides(cfg, scenarios, max_calls)
     out_dir = out or cfg.run.out
     check_keys(cfg.lms, roles_in_use(cfg))
-    loaded = load_task(cfg, seeds)
-    jobs, plan_rejects = plan_task(loaded, cfg)
-    size = cfg.run.shard_size
-    shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-    if cfg.run.task_runner == "dask":
-        runner = dask_runner(cfg.run)
-        outcomes = simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg))
-    else:
-        outcomes = submit_shards(shards, cfg, new_budget(cfg))
-    summary = publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started)
+    with output_lock(Path(out_dir)):  # a second run on this folder refuses at once
+        loaded = load_task(cfg, seeds)
+        jobs, plan_rejects = plan_task(loaded, cfg)
+        size = cfg.run.shard_size
+        shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        if cfg.run.task_runner == "dask":
+            runner = dask_runner(cfg.run)
+            outcomes = simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg))
+        else:
+            outcomes = submit_shards(shards, cfg, new_budget(cfg))
+        summary = publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started)
     get_run_logger().info(
         "%d dialogues, %d LM calls, %d cache hits -> %s",
         summary["quality"]["accepted"],

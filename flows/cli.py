@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["cache", "--help"])
     _setup_logging(args.verbose)
     from flows.experiment import ExperimentError
-    from flows.output import PublishError
+    from flows.output import OutputLockedError, PublishError
     from flows.seeds import SeedSourceError
     from modules.embedded import EmbeddedModelError
     from modules.lm import LMConfigError
@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         EmbeddedModelError,
         PublishError,
         ExperimentError,
+        OutputLockedError,
     ) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

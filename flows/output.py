@@ -7,10 +7,12 @@ reader (or a rerun after a kill) never mistakes a partial file for a complete on
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,39 @@ REJECT_SCHEMA = {
     "detail": pl.String,
     "checks": pl.String,
 }
+
+
+class OutputLockedError(Exception):
+    """Another run is writing this output folder: refuse at once, one line, nothing touched."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder for a whole run.
+
+    Two runs on one cache are fine (the cache is safe for concurrent writers), but two runs
+    writing one output folder would interleave their files; the second refuses instead. The
+    lock is an flock, so a killed run never leaves a stale lock behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".master.lock"
+    fh = path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise OutputLockedError(
+                f"{out}: another run is writing this output folder ({holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from flows.jobs import ROLES_BY_SCENARIO, Job
 from flows.merge import merge_rows
 from flows.output import (
     dataset_rows,
+    output_lock,
     push_to_hub,
     write_dataset,
     write_json,
@@ -283,13 +284,12 @@ def publish(
     return summary
 
 
-def run_pipeline(
+def _run_pipeline(
     cfg: MasterConfig,
     out: Path | None = None,
     seed_paths: list[str] | None = None,
     embedder: Embedder | None = None,
 ) -> RunResult:
-    """The whole job in this process: what `master run` does."""
     started = time.monotonic()
     out = Path(out or cfg.run.out)
     check_keys(cfg.lms, roles_in_use(cfg))
@@ -306,3 +306,15 @@ def run_pipeline(
     outcomes = run_shard(jobs, cfg, new_budget(cfg))
     summary = publish(cfg, out, loaded, plan_rejects, outcomes, started)
     return RunResult(out=out, summary=summary)
+
+
+def run_pipeline(
+    cfg: MasterConfig,
+    out: Path | None = None,
+    seed_paths: list[str] | None = None,
+    embedder: Embedder | None = None,
+) -> RunResult:
+    """The whole job in this process: what `master run` does, holding the output folder."""
+    target = Path(out or cfg.run.out)
+    with output_lock(target):
+        return _run_pipeline(cfg, target, seed_paths, embedder)

@@ -61,7 +61,17 @@ def read_jsonl(path: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
             )
 
 
+# A JSON array is parsed whole (about 5-10x its size in memory); past this, JSON Lines.
+MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
+
+
 def read_json_array(path: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
+    size = path.stat().st_size
+    if size > MAX_JSON_ARRAY_BYTES:
+        raise SeedSourceError(
+            f"{path}: a {size / 2**20:,.0f} MB JSON array is too large to parse in memory; "
+            "convert it to JSON Lines (one object per line), which is streamed"
+        )
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
@@ -143,9 +153,29 @@ def _sniff(path: Path) -> str:
     return ".csv"
 
 
+def read_folder(folder: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
+    """Every supported file under a folder, in path order; a file that cannot be read is
+    quarantined as one reject with its reason, and the others are read."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise SeedSourceError(f"{folder}: the folder holds no files")
+    for path in files:
+        rel = path.relative_to(folder).as_posix()
+        try:
+            for loc, row in read_file(path, max_row_bytes):
+                yield (rel + loc[len(path.name) :] if loc.startswith(path.name) else loc), row
+        except SeedSourceError as exc:
+            reason = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path}")
+            yield rel, ValueError(f"file skipped: {reason.lstrip(':').strip()}")
+
+
 def read_file(path: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
+    """Rows of a seed file (or of every file in a folder), each with its location."""
     if not path.exists():
         raise SeedSourceError(f"{path}: seed file not found")
+    if path.is_dir():
+        yield from read_folder(path, max_row_bytes)
+        return
     if not path.is_file():
         raise SeedSourceError(f"{path}: not a file")
     suffix = path.suffix.lower()

@@ -224,3 +224,20 @@ def test_ctrl_c_keeps_finished_calls_and_the_rerun_makes_only_the_rest(
         assert _cli_run(fresh_config, tmp_path / "fresh").wait(timeout=300) == 0
         total = server.request_count
     assert 0 < finished < total and resumed == total - finished
+
+
+def test_a_second_run_on_the_same_output_folder_refuses_at_once(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    with FakeLLMServer(latency=1.5) as server:  # slow enough to outlast the second's start
+        config = write_config(role_lms(server.base_url), sample=6, run={"concurrency": 1})
+        first = _cli_run(config, tmp_path / "out")
+        assert server.wait_for_requests(2, timeout=180)
+        second = run_cli("run", "--config", str(config), "--out", str(tmp_path / "out"))
+        assert first.poll() is None  # the second refused while the first was still running
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert "another run is writing this output folder (pid" in second.stderr
+        assert first.wait(timeout=300) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert sum(summary["dialogues"].values()) == 6
+    assert pl.read_parquet(tmp_path / "out" / "dataset.parquet").height == 6
