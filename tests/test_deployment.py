@@ -59,6 +59,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+CANARY = "sk-canary-deploy-5e1f0a9b7c3d"
+
+
 def test_deployment_runs_on_a_worker(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -76,6 +79,7 @@ def test_deployment_runs_on_a_worker(
         PREFECT_WORKER_QUERY_SECONDS="1",
         DO_NOT_TRACK="1",
         MASTER_PROJECT_DIR=str(PROJECT),  # the deployments' pull step (prefect.yaml)
+        MASTER_CANARY_KEY=CANARY,  # the worker's runs read the key from their environment
     )
     # the server's one outbound call (the integration catalogue, bundled as a fallback) goes to
     # a dead proxy: no test touches the network
@@ -145,7 +149,7 @@ def test_deployment_runs_on_a_worker(
             env,
         )
 
-        config = write_config(role_lms(fake_llm.base_url), sample=6)
+        config = write_config(role_lms(fake_llm.base_url, key_env="MASTER_CANARY_KEY"), sample=6)
         out = tmp_path / "deployed-out"
         params = {"config_path": str(config), "out": str(out), "sample": 6}
         ran = cli(
@@ -185,6 +189,22 @@ def test_deployment_runs_on_a_worker(
         summary = json.loads((out / "summary.json").read_text())
         assert sum(summary["dialogues"].values()) == 6, summary["dialogues"]
         assert summary["lm"]["calls"] == fake_llm.request_count > 0
+        # the flow checks the key variable first: COMPLETED means the worker's run had it
+
+        # the key never reaches a file the run, the server or the worker wrote, nor the
+        # server's stored parameters, logs and artifacts
+        with httpx.Client(base_url=api, timeout=30) as client:
+            stored = [
+                client.get(f"/flow_runs/{run_id}").text,
+                client.post("/logs/filter", json={"limit": 200}).text,
+                client.post("/artifacts/filter", json={}).text,
+                client.post("/deployments/filter", json={}).text,
+            ]
+        assert all(CANARY not in text for text in stored)
+        written = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".db" for p in written)
+        for path in written:
+            assert CANARY.encode() not in path.read_bytes(), path
     finally:
         for proc in reversed(procs):
             _stop(proc)
