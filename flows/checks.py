@@ -15,7 +15,7 @@ from typing import Any
 from flows.answers import code_fidelity, final_answer, math_fidelity, numbers_match
 from flows.config import QualityConfig
 from flows.lengths import approx_tokens
-from modules.guards import foreign_labels
+from modules.guards import control_tokens, foreign_labels
 
 Verdict = dict[str, Any]
 Turns = list[dict[str, Any]]
@@ -40,6 +40,11 @@ _ENGLISH = {
     "the", "a", "an", "is", "are", "was", "of", "to", "and", "in", "that", "it", "for", "you",
     "we", "this", "on", "with", "so", "be", "as", "answer", "not", "can", "have", "i", "what",
 }  # fmt: skip
+_FOREIGN = {
+    "le", "la", "les", "est", "une", "des", "du", "et", "il", "elle", "quand", "pour", "dans",
+    "el", "los", "las", "es", "y", "que", "una", "por", "con", "der", "die", "das", "und",
+    "ist", "nicht", "ein", "eine", "mit", "auf", "sie", "wir", "ich", "che", "non",
+}  # fmt: skip
 
 
 def verdict(ok: bool | None, reason: str) -> Verdict:
@@ -63,15 +68,24 @@ def _label(turn: dict[str, Any], index: int) -> str:
 
 
 def english_share(text: str) -> float | None:
-    """Share of letters that are Latin, times a stopword sanity check; None if too short."""
+    """How English a turn reads, 0 to 1; None when it is too short to tell.
+
+    The share of Latin letters, capped at 0 when a longer turn has more French, Spanish or
+    German function words than English ones (Latin script alone lets those through)."""
     prose = _prose(text)
     words = _WORD.findall(prose)
     if len(words) < 3:
         return None
     letters = [c for w in words for c in w]
     latin = sum(1 for c in letters if c.isascii()) / len(letters)
-    if len(words) >= 20 and not any(w.lower() in _ENGLISH for w in words):
-        return min(latin, 0.0)
+    if len(words) >= 8:
+        lower = [w.lower() for w in words]
+        english = sum(1 for w in lower if w in _ENGLISH)
+        foreign = sum(1 for w in lower if w in _FOREIGN)
+        if foreign >= 3 and foreign > english:
+            return 0.0
+        if len(words) >= 20 and english == 0:
+            return 0.0
     return latin
 
 
@@ -128,7 +142,10 @@ def structure_checks(turns: Turns, q: QualityConfig) -> dict[str, Verdict]:
 
     def leak(t: dict[str, Any]) -> str | None:
         leaked = _leaks(t)
-        return f"speaks as {', '.join(leaked)}" if leaked else None
+        if leaked:
+            return f"speaks as {', '.join(leaked)}"
+        tokens = control_tokens(t["text"])
+        return f"writes transcript markers ({' '.join(tokens)})" if tokens else None
 
     def language(t: dict[str, Any]) -> str | None:
         share = english_share(t["text"])

@@ -13,6 +13,13 @@ _LABEL = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 
+# Chat-template control tokens and DSPy field markers inside a turn: the model is writing the
+# transcript's machinery (often because a seed told it to), not speaking its turn.
+_CONTROL = re.compile(
+    r"<\|(?:im_start|im_end|system|user|assistant|eot_id|endoftext|start_header_id)\|>"
+    r"|\[\[ ## \w+ ## \]\]|</s>|\[/?INST\]"
+)
+
 SPEAKER_LABELS: dict[str, str] = {
     "question": "Question",
     "teacher": "Teacher",
@@ -35,6 +42,11 @@ def foreign_labels(text: str, speaker: str) -> list[str]:
     return found
 
 
+def control_tokens(text: str) -> list[str]:
+    """Chat-template tokens or field markers in a turn (an injected or leaked transcript)."""
+    return sorted({m.group(0) for m in _CONTROL.finditer(text)})
+
+
 def turn_problems(text: str, speaker: str, finish_reason: str | None) -> list[str]:
     """Why a turn must be retried (empty, truncated, speaks for another role); [] if fine."""
     problems = []
@@ -45,4 +57,6 @@ def turn_problems(text: str, speaker: str, finish_reason: str | None) -> list[st
     leaked = foreign_labels(text, speaker)
     if leaked:
         problems.append("role_leakage:" + ",".join(sorted(set(leaked))))
+    if control_tokens(text):
+        problems.append("control_tokens")
     return problems

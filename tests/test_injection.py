@@ -1,0 +1,20 @@
+"""Seeds that try to take over the roles, against a model that obeys them: every payload that
+would break the turn structure is caught (dropped or flagged), as benchmarks/injection.py
+reports in RESULTS.md."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from injection import bench_injection  # noqa: E402
+
+
+def test_no_structural_injection_reaches_the_dataset_unflagged() -> None:
+    result = bench_injection()
+    assert result["cases"] >= 10
+    assert result["structural_unflagged"] == 0.0, result["detail"]
+    assert result["other_unflagged"] == 0.0, result["detail"]
+    assert sum(c["how"] == "dropped" for c in result["detail"]) >= 8
