@@ -133,11 +133,13 @@ def test_every_optimizer_in_the_registry_builds(
 
 
 @pytest.mark.embedded
+@pytest.mark.timeout(1200)
 def test_bootstrap_few_shot_on_the_embedded_model(tmp_path: Path) -> None:
-    """The real model, small: 8 train and 8 dev seeds, the teacher optimized, answers short."""
+    """The real model, small: 8 train and 8 dev seeds, the teacher optimized, answers cut
+    to 8 tokens (this checks the machinery on a real model, not the quality of its prose)."""
     env = {"MASTER__CACHE__DIR": str(tmp_path / "cache")}
     for role in ("WEAK", "STRONG"):
-        env[f"MASTER__LMS__{role}__MAX_TOKENS"] = "16"
+        env[f"MASTER__LMS__{role}__MAX_TOKENS"] = "8"
     env.update(
         {
             "MASTER__SEEDS__SAMPLE": "30",
@@ -149,7 +151,7 @@ def test_bootstrap_few_shot_on_the_embedded_model(tmp_path: Path) -> None:
             "MASTER__RUN__CONCURRENCY": "2",
         }
     )
-    proc = run_cli("optimize", "--scenario", "error_correction", env=env, timeout=900)
+    proc = run_cli("optimize", "--scenario", "error_correction", env=env, timeout=1100)
     assert proc.returncode == 0, proc.stderr
     (meta_path,) = (tmp_path / "programs" / "error_correction").glob("*.meta.json")
     meta = json.loads(meta_path.read_text())
