@@ -250,6 +250,8 @@ def publish(
                 sorted(Counter(c for r in dropped for c in (r.checks or "").split(",")).items())
             ),
             "failed": len(failed),
+            # why, most common first: what the next run retries (failed calls are not cached)
+            "failures": dict(Counter(r.reason[:160] for r in failed).most_common(10)),
             "flagged": sum(
                 1
                 for d in accepted

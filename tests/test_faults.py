@@ -1,0 +1,62 @@
+"""LLM faults through the whole pipeline: rate limits, server errors, resets, malformed bodies,
+cut-off answers. Transient ones are retried; what still fails is listed with its reason in
+summary.json and completed by the next run; finished dialogues are never lost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import role_lms, run_cli
+from fake_llm import FakeLLMServer
+
+
+def _run(config: Path, out: Path) -> dict:
+    proc = run_cli("run", "--config", str(config), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_transient_faults_are_retried_and_every_dialogue_completes(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # each fault followed by a success, so no single call meets more than its retries allow
+    faults = [x for f in ("429", "500", "502", "503", "reset", "429", "500") for x in (f, "ok")]
+    with FakeLLMServer(script=faults, retry_after=0.2) as server:
+        config = write_config(role_lms(server.base_url), sample=6, run={"concurrency": 2})
+        summary = _run(config, tmp_path / "out")
+        outcomes = server.outcomes
+    assert sum(summary["dialogues"].values()) == 6 and summary["quality"]["failed"] == 0
+    assert {"429", "500", "502", "503", "reset"} <= set(outcomes)
+
+
+def test_what_still_fails_is_listed_and_the_next_run_completes_it(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    with FakeLLMServer(status_override=503) as down:
+        config = write_config(role_lms(down.base_url), sample=6, run={"concurrency": 2})
+        first = _run(config, tmp_path / "out")
+    assert sum(first["dialogues"].values()) == 0 and first["quality"]["failed"] == 6
+    assert first["quality"]["failures"] and all(
+        "503" in reason or "Service" in reason or "unavailable" in reason.lower()
+        for reason in first["quality"]["failures"]
+    ), first["quality"]["failures"]
+
+    with FakeLLMServer(port=int(down.base_url.split(":")[2].split("/")[0])) as up:
+        second = _run(config, tmp_path / "out")
+        assert up.request_count > 0
+    assert sum(second["dialogues"].values()) == 6 and second["quality"]["failed"] == 0
+
+
+def test_malformed_and_cut_off_answers_are_retried_or_reported(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    with FakeLLMServer(script=["malformed", "length", "malformed", "length"]) as server:
+        config = write_config(role_lms(server.base_url), sample=6, run={"concurrency": 1})
+        summary = _run(config, tmp_path / "out")
+    done = sum(summary["dialogues"].values())
+    assert done + summary["quality"]["failed"] == 6
+    assert done >= 4  # a fault costs at most the dialogue it hit
+    assert summary["quality"]["failed"] == sum(summary["quality"]["failures"].values())
