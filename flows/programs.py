@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+from dspy.utils.saving import get_dependency_versions
 
 from flows.config import PROJECT_ROOT, ConfigError
 from flows.output import write_json
@@ -56,7 +57,10 @@ def save_version(
     """Write <root>/<scenario>/<version>.json (DSPy state) and <version>.meta.json."""
     version = program_version(program)
     folder = (root or PROGRAMS_DIR) / scenario
-    write_json(folder / f"{version}.json", program_state(program))
+    state = program_state(program)
+    # the metadata block DSPy's own Module.save writes, so `program.load(path)` reads it too
+    state["metadata"] = {"dependency_versions": get_dependency_versions()}
+    write_json(folder / f"{version}.json", state)
     write_json(folder / f"{version}.meta.json", {**meta, "version": version, "scenario": scenario})
     return version
 

@@ -142,6 +142,7 @@ def test_deployment_runs_on_a_worker(
         cli("work-pool", "create", "master-process", "--type", "process")
         deployed = cli("--no-prompt", "deploy", "--all")
         assert "augment/nightly" in deployed and "augment/adhoc" in deployed, deployed
+        assert "optimize/experiment" in deployed, deployed
         worker = start(
             "worker",
             [PREFECT, "worker", "start", "--pool", "master-process"]

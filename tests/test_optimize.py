@@ -50,6 +50,12 @@ def test_optimize_saves_a_version_compares_it_and_runs_only_changed_roles(
     state = json.loads((saved[0].parent / f"{version}.json").read_text())
     assert state["teacher.predict"]["demos"] and not state["weak_student.predict"]["demos"]
     assert all(s["lm"] is None for s in state.values() if isinstance(s, dict) and "lm" in s)
+    # DSPy's own loader reads the file (the format is DSPy's save format)
+    from flows.simulate import build_programs
+
+    program = build_programs({})["error_correction"]
+    program.load(str(saved[0].parent / f"{version}.json"))
+    assert program.teacher.predict.demos
     lines = proc.stdout.splitlines()
     assert any(line.startswith("baseline |") for line in lines)
     assert any(line.startswith(f"{version} |") for line in lines)
