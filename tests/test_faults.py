@@ -60,3 +60,40 @@ def test_malformed_and_cut_off_answers_are_retried_or_reported(
     assert done + summary["quality"]["failed"] == 6
     assert done >= 4  # a fault costs at most the dialogue it hit
     assert summary["quality"]["failed"] == sum(summary["quality"]["failures"].values())
+
+
+def test_soak_every_seed_ends_as_a_dialogue_or_a_reported_failure(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A small soak (the 10,000-seed one is `make bench`'s `soak`): 5% HTTP 500, 5% HTTP 429."""
+    import polars as pl
+
+    from conftest import SHARED_DATA
+
+    source = {"path": str(SHARED_DATA / "gsm8k" / "train.jsonl"), "domain": "math"}
+    with FakeLLMServer(fail_rate_500=0.05, fail_rate_429=0.05, retry_after=0.05, seed=7) as srv:
+        config = write_config(
+            role_lms(srv.base_url),
+            seeds={"sources": [source], "sample": 100, "random_seed": 1},
+            run={"concurrency": 32},
+        )
+        # in-process with the hashing embedder: MiniLM over a 7,473-question pool is not the
+        # subject here
+        from conftest import hashing_embedder
+        from flows.config import load_config
+        from flows.run import run_pipeline
+
+        cfg = load_config(config, environ={})
+        summary = run_pipeline(cfg, tmp_path / "out", embedder=hashing_embedder).summary
+        assert {"500", "429"} <= set(srv.outcomes)
+    kept = summary["seeds"]["kept"]
+    quality = summary["quality"]
+    assert kept == 100
+    assert quality["accepted"] + quality["rejected"] + quality["failed"] == kept
+    rows = pl.read_parquet(tmp_path / "out" / "dataset.parquet")
+    assert rows["seed_id"].n_unique() == rows.height == quality["accepted"]
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    after_load = rejects.filter(pl.col("stage").is_in(["simulate", "retrieve", "quality"]))
+    assert after_load["seed_id"].n_unique() == after_load.height
+    assert set(after_load["seed_id"]).isdisjoint(set(rows["seed_id"]))
+    assert after_load.height == quality["rejected"] + quality["failed"]
