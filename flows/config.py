@@ -284,7 +284,8 @@ class MasterConfig(BaseModel):
             mode="json", exclude={"run": True, "cache": True, "publish": True, "optimize": True}
         )
         for role in data["lms"].values():
-            role.pop("timeout_s", None)
+            for key in ("timeout_s", "max_concurrency"):  # how, not what, is asked
+                role.pop(key, None)
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

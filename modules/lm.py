@@ -20,6 +20,7 @@ from modules.budget import AsyncBudgetEngine, BudgetEngine, CallBudget
 from modules.callcache import AsyncCachingEngine, CachingEngine, CallStore
 from modules.embedded import AsyncEmbeddedEngine, EmbeddedEngine
 from modules.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, serves
+from modules.limits import AsyncLimitEngine, CallLimit, LimitEngine
 from modules.settings import LMSettings, Role, RoleLMs
 
 dspy_speedups.install()
@@ -74,6 +75,9 @@ def build_lm(
         ainner: object = AsyncEmbeddedEngine(inner)
     else:
         inner, ainner, num_retries = _remote_engines(role, settings, num_retries)  # type: ignore[assignment]
+    if settings.max_concurrency:  # behind the cache: hits never wait for a slot
+        limit = CallLimit(settings.max_concurrency)
+        inner, ainner = LimitEngine(inner, limit), AsyncLimitEngine(ainner, limit)  # type: ignore[assignment]
     if budget is not None:  # behind the cache: only calls that reach a model are charged
         prices = (settings.price_in_per_mtok or 0.0, settings.price_out_per_mtok or 0.0)
         inner = BudgetEngine(inner, budget, *prices)  # type: ignore[assignment]

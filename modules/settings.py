@@ -43,6 +43,9 @@ class LMSettings(BaseModel):
     price_out_per_mtok: float | None = Field(
         default=None, ge=0, description="USD per 1M output tokens"
     )
+    max_concurrency: int | None = Field(
+        default=None, gt=0, description="calls of this role in flight at once (None: no cap)"
+    )
 
     @field_validator("api_key_env")
     @classmethod

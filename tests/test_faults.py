@@ -97,3 +97,31 @@ def test_soak_every_seed_ends_as_a_dialogue_or_a_reported_failure(
     assert after_load["seed_id"].n_unique() == after_load.height
     assert set(after_load["seed_id"]).isdisjoint(set(rows["seed_id"]))
     assert after_load.height == quality["rejected"] + quality["failed"]
+
+
+def test_a_per_role_limit_caps_the_calls_in_flight(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    from conftest import hashing_embedder
+    from flows.config import load_config
+    from flows.run import run_pipeline
+
+    def run(limit: int | None, where: str) -> int:
+        with FakeLLMServer(latency=0.05) as server:
+            lms = role_lms(server.base_url)
+            for role in ("weak", "strong"):
+                lms[role]["max_concurrency"] = limit
+            config = write_config(
+                lms,
+                sample=9,
+                scenarios={"proportions": {"error_correction": 1}},
+                run={"concurrency": 8},
+                cache={"dir": str(tmp_path / where)},
+            )
+            run_pipeline(
+                load_config(config, environ={}), tmp_path / where, embedder=hashing_embedder
+            )
+            return server.max_concurrency
+
+    assert run(None, "free") > 2
+    assert run(1, "capped") <= 2  # one weak and one strong call at a time
