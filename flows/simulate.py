@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ class Outcome:
     dialogue: Dialogue | None
     reject: Reject | None
     calls: list[CallRecord] = field(default_factory=list)
+    verified: bool = False  # quality checks (and the judge) already applied
 
 
 def build_programs(lms: Mapping[str, dspy.LM]) -> dict[Scenario, dspy.Module]:
@@ -206,11 +207,14 @@ def simulate(
     cfg: MasterConfig,
     on_done: Callable[[Outcome], None] | None = None,
     dialogues: DialogueStore | None = None,
+    after: Callable[[Outcome], Awaitable[None]] | None = None,
 ) -> list[Outcome]:
     """Run every job with up to run.concurrency dialogues in flight; results in job order.
 
     Dialogues already in the dialogue cache are answered here, without the event loop: a fully
-    cached rerun costs one cache read per seed. on_done sees each outcome in job order."""
+    cached rerun costs one cache read per seed. `after` runs in a simulated dialogue's own task
+    once it is stored (the run's verification and judge call, overlapping the other
+    dialogues). on_done sees each outcome in job order."""
     versions = {name: program_version(p) for name, p in programs.items()}
     job_list = list(jobs)
     outcomes: list[Outcome | None] = [None] * len(job_list)
@@ -238,7 +242,10 @@ def simulate(
         async def work(queue: list[tuple[int, Job, str | None]]) -> None:
             while queue:
                 index, job, key = queue.pop()
-                outcomes[index] = await asimulate_one(job, programs, cfg, versions, dialogues, key)
+                outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key)
+                if after is not None:
+                    await after(outcome)
+                outcomes[index] = outcome
                 report()
 
         async def main() -> None:
