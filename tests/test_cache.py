@@ -224,3 +224,28 @@ def test_ctrl_c_keeps_finished_calls_and_the_rerun_makes_only_the_rest(
         assert _cli_run(fresh_config, tmp_path / "fresh").wait(timeout=300) == 0
         total = server.request_count
     assert 0 < finished < total and resumed == total - finished
+
+
+def test_cache_writes_do_not_fault_zlib_state_in_on_every_call() -> None:
+    """diskcache's JSONDisk compresses every key and value; importing `modules` raises glibc's
+    trim threshold so zlib's ~256 KB of state is not faulted in again on every call."""
+    import os
+    import resource
+    import zlib
+
+    import modules  # noqa: F401 - sets the threshold
+    from modules.malloc_tuning import keep_heap_top
+
+    if not hasattr(os, "confstr") or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        pytest.skip("glibc tuning not in effect")
+    try:
+        os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        pytest.skip("not glibc")
+    assert keep_heap_top() is False  # already done once, at import
+    key = b'"' + b"a" * 64 + b'"'
+    zlib.compress(key, 1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(500):
+        zlib.compress(key, 1)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 500
