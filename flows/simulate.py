@@ -270,7 +270,12 @@ def simulate(
             queue = todo[::-1]  # popped from the end: jobs start in job order
             try:
                 workers = min(cfg.run.concurrency, len(todo))
-                await asyncio.gather(*(work(queue) for _ in range(workers)))
+                # No DSPy history entries: nothing in a run reads them (our ledger and cache
+                # record every call), and DSPy keeps up to 10,000 per LM, per predictor and
+                # globally, each with the whole prompt: about 0.9 GB at 10,000 seeds, and CPU
+                # per call to build them. Prompts, requests and cache keys are unaffected.
+                with dspy.context(disable_history=True):
+                    await asyncio.gather(*(work(queue) for _ in range(workers)))
             finally:
                 await close_loop_sessions()
 
