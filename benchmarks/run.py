@@ -487,7 +487,12 @@ def _markdown(results: dict) -> str:
             "the `before: ...` pairs at commit f04893d (main at 00973bb plus these benchmarks: "
             "LiteLLM engine, 64 dialogue threads), with "
             "`git checkout f04893d && python benchmarks/run.py --only baseline throughput "
-            "--seeds 2000 --tag 'before: LiteLLM engine, 64 threads'`.",
+            "--seeds 2000 --tag 'before: LiteLLM engine, 64 threads'`; the "
+            "`before: 42742c0, perf2 start` pair at commit 42742c0 (main when the perf2 branch "
+            "started), run the same way just before the untagged figures of this branch; "
+            "`growth (before: fd821da, DSPy history on)` is `python benchmarks/run.py --only "
+            "growth` at commit fd821da of perf2 (before f3e76a8 turned DSPy's history off), "
+            "kept under that name when the untagged growth figures were measured.",
             "",
         ]
     lines += [
