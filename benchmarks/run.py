@@ -37,9 +37,12 @@ RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 
 
 @contextlib.contextmanager
-def fake_server(latency: float) -> Iterator[tuple[str, Callable[[], int]]]:
+def fake_server(
+    latency: float, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Callable[[], int]]]:
     """The fake server in its own process, so it never competes with the pipeline for the GIL;
-    yields its base URL and a function returning how many chat requests it has served."""
+    yields its base URL and a function returning how many chat requests it has served.
+    `extra` are more fake_llm.py options (failure rates, Retry-After)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -48,6 +51,7 @@ def fake_server(latency: float) -> Iterator[tuple[str, Callable[[], int]]]:
             "0",
             "--latency",
             str(latency),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -107,36 +111,58 @@ def _environ(cfg: dict) -> dict[str, str]:
     return env
 
 
-def bench_throughput(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
-    """Seeds through the pipeline against the fake server; compared with the ideal time."""
+def _pipeline_config(tmp: str, base_url: str, seeds: dict, concurrency: int) -> Path:
+    import yaml
+
+    cfg_path = Path(tmp) / "config.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "lms": _remote_lms(base_url),
+                "seeds": seeds,
+                "cache": {"dir": str(Path(tmp) / "cache")},
+                "run": {"concurrency": concurrency},
+            }
+        )
+    )
+    return cfg_path
+
+
+def _reject_reasons(out: Path) -> dict[str, int]:
+    import polars as pl
+
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    return {
+        f"{row['stage']}: {row['reason'][:60]}": row["len"]
+        for row in rejects.group_by("stage", "reason").len().to_dicts()
+    }
+
+
+def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, ...] = ()) -> dict:
+    """One pipeline run on the shared sources against a fake server in its own process."""
     from conftest import hashing_embedder
 
-    with tempfile.TemporaryDirectory() as tmp, fake_server(latency) as (base_url, served):
-        import yaml
-
-        cfg_path = Path(tmp) / "config.yaml"
-        cfg_path.write_text(
-            yaml.safe_dump(
-                {
-                    "lms": _remote_lms(base_url),
-                    "seeds": {"sources": _shared_sources(), "sample": seeds},
-                    "cache": {"dir": str(Path(tmp) / "cache")},
-                    "run": {"concurrency": concurrency},
-                }
-            )
-        )
-        cfg = load_config(cfg_path, environ={})
+    with tempfile.TemporaryDirectory() as tmp, fake_server(latency, extra) as (base_url, served):
+        sources = {"sources": _shared_sources(), "sample": seeds}
+        cfg = load_config(_pipeline_config(tmp, base_url, sources, concurrency), environ={})
         cpu0, start = time.process_time(), time.monotonic()
         result = run_pipeline(cfg, Path(tmp) / "out", embedder=hashing_embedder)
         wall, cpu = time.monotonic() - start, time.process_time() - cpu0
-        calls = served()
-        import polars as pl
+        requests = served()
+        reasons = _reject_reasons(Path(tmp) / "out")
+    return {
+        "result": result,
+        "wall": wall,
+        "cpu": cpu,
+        "requests": requests,
+        "reasons": reasons,
+    }
 
-        rejects = pl.read_parquet(Path(tmp) / "out" / "rejects.parquet")
-        reasons = {
-            f"{row['stage']}: {row['reason'][:60]}": row["len"]
-            for row in rejects.group_by("stage", "reason").len().to_dicts()
-        }
+
+def bench_throughput(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
+    """Seeds through the pipeline against the fake server; compared with the ideal time."""
+    run = _timed_run(seeds, latency, concurrency)
+    result, wall, cpu, calls = run["result"], run["wall"], run["cpu"], run["requests"]
     ideal = calls * latency / concurrency
     dialogues = sum(result.summary["dialogues"].values())
     return {
@@ -150,9 +176,96 @@ def bench_throughput(seeds: int = 2000, latency: float = 0.2, concurrency: int =
         "fraction_of_ideal": round(ideal / wall, 3),
         "cpu_ms_per_call": round(cpu * 1000 / max(calls, 1), 2),
         "seeds_kept": result.summary["seeds"]["kept"],
-        "rejects": reasons,
+        "rejects": run["reasons"],
         "command": f"python benchmarks/run.py --only throughput  # {seeds} seeds",
     }
+
+
+def bench_faults(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
+    """throughput with 2% HTTP 500 and 2% HTTP 429 (Retry-After: 1 s) from the fake server.
+
+    The ideal time counts only the calls the dialogues needed (the ledger's calls), not the
+    failed attempts, so every retry and Retry-After wait counts against the pipeline. Every
+    dialogue must complete: `simulate_failures` (dialogues lost to an error) must be 0."""
+    extra = ("--fail-rate-500", "0.02", "--fail-rate-429", "0.02", "--retry-after", "1")
+    run = _timed_run(seeds, latency, concurrency, extra)
+    result, wall, cpu = run["result"], run["wall"], run["cpu"]
+    calls = result.summary["lm"]["calls"]
+    ideal = calls * latency / concurrency
+    lost = {k: v for k, v in run["reasons"].items() if k.startswith("simulate")}
+    judge_errors = {k: v for k, v in run["reasons"].items() if "Error" in k}
+    return {
+        "seeds": seeds,
+        "fail_rate_500": 0.02,
+        "fail_rate_429": 0.02,
+        "retry_after_s": 1.0,
+        "dialogues": sum(result.summary["dialogues"].values()),
+        "calls": calls,
+        "requests": run["requests"],
+        "failed_attempts": run["requests"] - calls,
+        "simulate_failures": sum(lost.values()),
+        "errors": judge_errors,
+        "latency_s": latency,
+        "concurrency": concurrency,
+        "wall_s": round(wall, 2),
+        "ideal_s": round(ideal, 2),
+        "fraction_of_ideal": round(ideal / wall, 3),
+        "cpu_ms_per_call": round(cpu * 1000 / max(calls, 1), 2),
+        "target": ">= 0.60 of ideal, every dialogue completed",
+        "command": f"python benchmarks/run.py --only faults  # {seeds} seeds",
+    }
+
+
+def bench_growth(seeds: int | None = None) -> dict:
+    """Time per seed and peak memory at 1,000 and 10,000 seeds (or only `seeds`), each size in
+    a fresh child process (its own peak RSS), against a zero-latency fake server so the figure
+    is the pipeline's own CPU. Seeds are varied rows of the shared sets (_variants)."""
+    sizes = [seeds] if seeds else [1000, 10_000]
+    figures: dict[str, object] = {}
+    for n in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure-growth", str(n)],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        for key, value in child.items():
+            figures[f"{n}_{key}"] = value
+    figures["latency_s"] = 0.0
+    figures["command"] = "python benchmarks/run.py --only growth" + (
+        f"  # {seeds} seeds" if seeds else ""
+    )
+    return figures
+
+
+def measure_growth(seeds: int) -> int:
+    """Child side of growth: one cold run of `seeds` seeds; prints its figures as JSON."""
+    import resource
+
+    from conftest import hashing_embedder
+
+    with tempfile.TemporaryDirectory() as tmp, fake_server(0.0) as (base_url, served):
+        path = Path(tmp) / "seeds.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in _variants(seeds, seed=3)))
+        sources = {"sources": [{"path": str(path), "domain": "math"}]}
+        cfg = load_config(_pipeline_config(tmp, base_url, sources, 64), environ={})
+        cpu0, start = time.process_time(), time.monotonic()
+        result = run_pipeline(cfg, Path(tmp) / "out", embedder=hashing_embedder)
+        wall, cpu = time.monotonic() - start, time.process_time() - cpu0
+        calls = served()
+    figures = {
+        "seeds_kept": result.summary["seeds"]["kept"],
+        "calls": calls,
+        "wall_s": round(wall, 2),
+        "wall_ms_per_seed": round(wall * 1000 / seeds, 2),
+        "cpu_ms_per_seed": round(cpu * 1000 / seeds, 2),
+        "cpu_ms_per_call": round(cpu * 1000 / max(calls, 1), 2),
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
+    print(json.dumps(figures))
+    return 0
 
 
 def bench_baseline(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
@@ -343,6 +456,8 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "throughput": bench_throughput,
     "baseline": bench_baseline,
     "embedded": bench_embedded,
+    "faults": bench_faults,
+    "growth": bench_growth,
 }
 
 
@@ -372,7 +487,12 @@ def _markdown(results: dict) -> str:
             "the `before: ...` pairs at commit f04893d (main at 00973bb plus these benchmarks: "
             "LiteLLM engine, 64 dialogue threads), with "
             "`git checkout f04893d && python benchmarks/run.py --only baseline throughput "
-            "--seeds 2000 --tag 'before: LiteLLM engine, 64 threads'`.",
+            "--seeds 2000 --tag 'before: LiteLLM engine, 64 threads'`; the "
+            "`before: 42742c0, perf2 start` pair at commit 42742c0 (main when the perf2 branch "
+            "started), run the same way just before the untagged figures of this branch; "
+            "`growth (before: fd821da, DSPy history on)` is `python benchmarks/run.py --only "
+            "growth` at commit fd821da of perf2 (before f3e76a8 turned DSPy's history off), "
+            "kept under that name when the untagged growth figures were measured.",
             "",
         ]
     lines += [
@@ -413,6 +533,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="benches to run")
     parser.add_argument("--measure-load", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-growth", type=int, metavar="SEEDS", help=argparse.SUPPRESS)
     parser.add_argument(
         "--render", action="store_true", help="only rewrite RESULTS.md from results.json"
     )
@@ -423,6 +544,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.measure_load:
         return measure_load(args.measure_load)
+    if args.measure_growth:
+        return measure_growth(args.measure_growth)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     if args.render:
         RESULTS_MD.write_text(_markdown(previous))

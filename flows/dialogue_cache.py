@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from modules.callcache import CallRecord, canonical_json
 from modules.settings import RoleLMs
 
 DIALOGUE_FORMAT = 1
+_STORED = [f.name for f in fields(CallRecord) if f.name != "cached"]
 
 
 def dialogue_key(job: Job, program_version: str, lms: RoleLMs) -> str:
@@ -65,7 +66,8 @@ class DialogueStore:
     def put(
         self, key: str, turns: list[dict[str, Any]], calls: list[CallRecord], version: str
     ) -> None:
-        stored = [{k: v for k, v in asdict(c).items() if k != "cached"} for c in calls]
+        # asdict() deep-copies; the fields are plain values, so read them in field order
+        stored = [{k: getattr(c, k) for k in _STORED} for c in calls]
         self.cache.set(
             key, {"turns": turns, "calls": stored, "program_version": version, "ts": time.time()}
         )

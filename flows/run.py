@@ -43,7 +43,7 @@ from flows.retrieval import (
 )
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import Outcome, simulate
-from flows.verify import quality_reject, verify_outcomes
+from flows.verify import averify_outcome, quality_reject, verify_outcomes
 from modules.budget import BUDGET_SPENT, CallBudget
 from modules.callcache import CallStore
 from modules.judge import Judge
@@ -209,10 +209,22 @@ def run_shard(
     """Simulate and verify one shard of jobs, with its own programs and cache handle."""
     programs, store = open_programs(cfg, jobs, budget)
     dialogues = DialogueStore(cfg.cache.dir) if cfg.cache.enabled else None
+    judge = open_judge(cfg, store, budget)
+
+    async def verify(outcome: Outcome) -> None:
+        await averify_outcome(outcome, cfg, judge)
+
     try:
-        outcomes = simulate(jobs, programs, cfg, on_done=_progress(len(jobs)), dialogues=dialogues)
-        if cfg.quality.enabled:
-            verify_outcomes(outcomes, cfg, open_judge(cfg, store, budget))
+        outcomes = simulate(
+            jobs,
+            programs,
+            cfg,
+            on_done=_progress(len(jobs)),
+            dialogues=dialogues,
+            after=verify if cfg.quality.enabled else None,
+        )
+        if cfg.quality.enabled:  # dialogues answered by the dialogue cache are verified here
+            verify_outcomes(outcomes, cfg, judge)
         for outcome in outcomes:
             _unfinished(outcome)
         return outcomes

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ class Outcome:
     dialogue: Dialogue | None
     reject: Reject | None
     calls: list[CallRecord] = field(default_factory=list)
+    verified: bool = False  # quality checks (and the judge) already applied
 
 
 def build_programs(lms: Mapping[str, dspy.LM]) -> dict[Scenario, dspy.Module]:
@@ -129,6 +130,7 @@ async def asimulate_one(
     versions: Mapping[Scenario, str],
     dialogues: DialogueStore | None = None,
     key: str | None = None,
+    stamps: Stamps | None = None,
 ) -> Outcome:
     """simulate_one as a task on the event loop (its ledger and slot are the task's own)."""
     seed = job.seed
@@ -137,7 +139,7 @@ async def asimulate_one(
             turns = await arun_program(programs[job.scenario], job)
         except Exception as exc:  # noqa: BLE001 - one dialogue's failure is recorded, not fatal
             return Outcome(job, None, _reject(job, exc), list(book.records))
-    return _store(job, turns, list(book.records), cfg, versions, dialogues, key)
+    return _store(job, turns, list(book.records), cfg, versions, dialogues, key, stamps)
 
 
 def _reject(job: Job, exc: Exception) -> Reject:
@@ -159,10 +161,26 @@ def _store(
     versions: Mapping[Scenario, str],
     dialogues: DialogueStore | None,
     key: str | None,
+    stamps: Stamps | None = None,
 ) -> Outcome:
     if dialogues is not None and key is not None:
         dialogues.put(key, turns, calls, versions[job.scenario])
-    return finished(job, turns, calls, cfg, versions)
+    return finished(job, turns, calls, cfg, versions, stamps)
+
+
+class Stamps:
+    """The config hash and the roles' model fingerprints, computed once per simulate() rather
+    than once per dialogue (hashing the whole config costs about 0.3 ms)."""
+
+    def __init__(self, cfg: MasterConfig) -> None:
+        self.cfg = cfg
+        self.config_hash = cfg.fingerprint()
+        self._lms: dict[str, dict[str, Any]] = {}
+
+    def lm(self, role: str) -> dict[str, Any]:
+        if role not in self._lms:
+            self._lms[role] = self.cfg.lms.for_role(role).fingerprint()  # type: ignore[arg-type]
+        return dict(self._lms[role])
 
 
 def finished(
@@ -171,8 +189,10 @@ def finished(
     calls: list[CallRecord],
     cfg: MasterConfig,
     versions: Mapping[Scenario, str],
+    stamps: Stamps | None = None,
 ) -> Outcome:
     """The Dialogue row of a finished dialogue, generated now or read from the cache."""
+    stamps = stamps if stamps is not None and stamps.cfg is cfg else Stamps(cfg)
     seed = job.seed
     conversation = to_sharegpt(turns, cfg.scenarios.debate_mapping)
     roles_used = sorted({t["role"] for t in turns if t["role"]})
@@ -187,11 +207,8 @@ def finished(
         messages=to_messages(conversation),
         provenance={
             "program_version": versions[job.scenario],
-            "config_hash": cfg.fingerprint(),
-            "lms": {
-                role: cfg.lms.for_role(role).fingerprint()  # type: ignore[arg-type]
-                for role in roles_used
-            },
+            "config_hash": stamps.config_hash,
+            "lms": {role: stamps.lm(role) for role in roles_used},
             "debate_rounds": job.rounds if job.scenario == "debate" else None,
             "similar_seed_id": job.similar.id if job.similar else None,
         },
@@ -206,12 +223,16 @@ def simulate(
     cfg: MasterConfig,
     on_done: Callable[[Outcome], None] | None = None,
     dialogues: DialogueStore | None = None,
+    after: Callable[[Outcome], Awaitable[None]] | None = None,
 ) -> list[Outcome]:
     """Run every job with up to run.concurrency dialogues in flight; results in job order.
 
     Dialogues already in the dialogue cache are answered here, without the event loop: a fully
-    cached rerun costs one cache read per seed. on_done sees each outcome in job order."""
+    cached rerun costs one cache read per seed. `after` runs in a simulated dialogue's own task
+    once it is stored (the run's verification and judge call, overlapping the other
+    dialogues). on_done sees each outcome in job order."""
     versions = {name: program_version(p) for name, p in programs.items()}
+    stamps = Stamps(cfg)
     job_list = list(jobs)
     outcomes: list[Outcome | None] = [None] * len(job_list)
     todo: list[tuple[int, Job, str | None]] = []
@@ -220,7 +241,7 @@ def simulate(
         hit = dialogues.get(key) if dialogues is not None and key is not None else None
         if hit is not None:
             turns, calls = hit["turns"], replayed_calls(hit)
-            outcomes[index] = finished(job, turns, calls, cfg, versions)
+            outcomes[index] = finished(job, turns, calls, cfg, versions, stamps)
         else:
             todo.append((index, job, key))
     reported = 0
@@ -238,7 +259,10 @@ def simulate(
         async def work(queue: list[tuple[int, Job, str | None]]) -> None:
             while queue:
                 index, job, key = queue.pop()
-                outcomes[index] = await asimulate_one(job, programs, cfg, versions, dialogues, key)
+                outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
+                if after is not None:
+                    await after(outcome)
+                outcomes[index] = outcome
                 report()
 
         async def main() -> None:
@@ -246,7 +270,12 @@ def simulate(
             queue = todo[::-1]  # popped from the end: jobs start in job order
             try:
                 workers = min(cfg.run.concurrency, len(todo))
-                await asyncio.gather(*(work(queue) for _ in range(workers)))
+                # No DSPy history entries: nothing in a run reads them (our ledger and cache
+                # record every call), and DSPy keeps up to 10,000 per LM, per predictor and
+                # globally, each with the whole prompt: about 0.9 GB at 10,000 seeds, and CPU
+                # per call to build them. Prompts, requests and cache keys are unaffected.
+                with dspy.context(disable_history=True):
+                    await asyncio.gather(*(work(queue) for _ in range(workers)))
             finally:
                 await close_loop_sessions()
 

@@ -67,9 +67,65 @@ def _judge_one(judge: Judge, item: Item) -> tuple[dict[str, Any] | None, str | N
         try:
             pred = judge(question=item.question, reference=item.reference, turns=item.turns)
         except Exception as exc:  # noqa: BLE001 - a judge failure fails the check, not the run
-            return None, " ".join(f"{type(exc).__name__}: {exc}".split())[:200], book.records
-        result = {"verdict": pred.verdict, "score": pred.score, "reason": pred.reason}
-        return result, None, list(book.records)
+            return None, _judge_error(exc), book.records
+        return _judge_result(pred), None, list(book.records)
+
+
+async def _ajudge_one(judge: Judge, item: Item) -> tuple[dict[str, Any] | None, str | None, list]:
+    """_judge_one on the event loop (the same request, cache key and slot)."""
+    with ledger() as book, dialogue_slot(f"{item.key}:{item.scenario}:judge"):
+        try:
+            pred = await judge.acall(
+                question=item.question, reference=item.reference, turns=item.turns
+            )
+        except Exception as exc:  # noqa: BLE001 - a judge failure fails the check, not the run
+            return None, _judge_error(exc), book.records
+        return _judge_result(pred), None, list(book.records)
+
+
+def _judge_error(exc: Exception) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+
+
+def _judge_result(pred: Any) -> dict[str, Any]:
+    return {"verdict": pred.verdict, "score": pred.score, "reason": pred.reason}
+
+
+def _checks(item: Item, q: QualityConfig) -> dict[str, Verdict]:
+    return check_dialogue(
+        item.turns,
+        scenario=item.scenario,
+        domain=item.domain,
+        question=item.question,
+        reference=item.reference,
+        q=q,
+        similar_reference=item.similar_reference,
+    )
+
+
+def _verified(
+    item: Item,
+    q: QualityConfig,
+    checks: dict[str, Verdict],
+    judged: tuple[dict[str, Any] | None, str | None, list] | None,
+) -> Verified:
+    """The verdicts of one item, given its checks and the judge's answer (None: no judge)."""
+    calls: list[CallRecord] = []
+    score = None
+    unfinished = None
+    if judged is not None:
+        result, error, calls = judged
+        if error is not None and BUDGET_SPENT in error:
+            unfinished, error = error, None
+        checks["judge"] = judge_check(result, q.judge_min_score, error)
+        score = result["score"] if result else None
+        if item.domain == "general" and checks["judge"]["ok"] is not None:
+            checks["fidelity"] = verdict(
+                checks["judge"]["ok"], "judge: " + checks["judge"]["reason"]
+            )
+    else:
+        checks["judge"] = judge_check(None, q.judge_min_score)
+    return Verified(checks, failed_hard(checks, q.hard_checks()), score, calls, unfinished)
 
 
 def verify_items(
@@ -80,34 +136,10 @@ def verify_items(
     on_done: Callable[[int], None] | None = None,
 ) -> list[Verified]:
     """Checks for every item; judge calls run concurrently, results in item order."""
-    hard = q.hard_checks()
 
     def one(item: Item) -> Verified:
-        checks = check_dialogue(
-            item.turns,
-            scenario=item.scenario,
-            domain=item.domain,
-            question=item.question,
-            reference=item.reference,
-            q=q,
-            similar_reference=item.similar_reference,
-        )
-        calls: list[CallRecord] = []
-        score = None
-        unfinished = None
-        if judge is not None:
-            result, error, calls = _judge_one(judge, item)
-            if error is not None and BUDGET_SPENT in error:
-                unfinished, error = error, None
-            checks["judge"] = judge_check(result, q.judge_min_score, error)
-            score = result["score"] if result else None
-            if item.domain == "general" and checks["judge"]["ok"] is not None:
-                checks["fidelity"] = verdict(
-                    checks["judge"]["ok"], "judge: " + checks["judge"]["reason"]
-                )
-        else:
-            checks["judge"] = judge_check(None, q.judge_min_score)
-        return Verified(checks, failed_hard(checks, hard), score, calls, unfinished)
+        checks = _checks(item, q)
+        return _verified(item, q, checks, _judge_one(judge, item) if judge is not None else None)
 
     if judge is None or len(items) <= 1:
         results = [one(item) for item in items]
@@ -119,26 +151,45 @@ def verify_items(
     return results
 
 
+def _item(outcome: Outcome) -> Item:
+    job, dialogue = outcome.job, outcome.dialogue
+    return Item(
+        key=job.seed.id,
+        turns=[t.model_dump() for t in dialogue.turns],  # type: ignore[union-attr]
+        scenario=job.scenario,
+        domain=job.seed.domain,
+        question=job.seed.question,
+        reference=job.seed.reference,
+        similar_reference=job.similar.reference if job.similar else "",
+    )
+
+
+def _apply(outcome: Outcome, result: Verified) -> None:
+    outcome.dialogue.quality.update(result.quality())  # type: ignore[union-attr]
+    outcome.calls.extend(result.calls)
+    outcome.verified = True
+
+
 def verify_outcomes(outcomes: Sequence[Outcome], cfg: MasterConfig, judge: Judge | None) -> None:
     """Verify the finished dialogues of a shard in place: verdicts on each row, judge calls
-    added to the dialogue's call records (so accounting and the cache see them)."""
-    done = [o for o in outcomes if o.dialogue is not None]
-    items = [
-        Item(
-            key=o.job.seed.id,
-            turns=[t.model_dump() for t in o.dialogue.turns],  # type: ignore[union-attr]
-            scenario=o.job.scenario,
-            domain=o.job.seed.domain,
-            question=o.job.seed.question,
-            reference=o.job.seed.reference,
-            similar_reference=o.job.similar.reference if o.job.similar else "",
-        )
-        for o in done
-    ]
-    results = verify_items(items, cfg.quality, judge, cfg.run.concurrency)
+    added to the dialogue's call records (so accounting and the cache see them). Dialogues
+    already verified on the event loop (`averify_outcome`) are left as they are."""
+    done = [o for o in outcomes if o.dialogue is not None and not o.verified]
+    results = verify_items([_item(o) for o in done], cfg.quality, judge, cfg.run.concurrency)
     for outcome, result in zip(done, results, strict=True):
-        outcome.dialogue.quality.update(result.quality())  # type: ignore[union-attr]
-        outcome.calls.extend(result.calls)
+        _apply(outcome, result)
+
+
+async def averify_outcome(outcome: Outcome, cfg: MasterConfig, judge: Judge | None) -> None:
+    """verify_outcomes for one dialogue, in its own task on the simulation's event loop: the
+    judge call overlaps the other dialogues' turns instead of waiting for all of them. Same
+    checks, same judge request (and cache key and slot), same verdicts."""
+    if outcome.dialogue is None or outcome.verified:
+        return
+    item = _item(outcome)
+    checks = _checks(item, cfg.quality)
+    judged = await _ajudge_one(judge, item) if judge is not None else None
+    _apply(outcome, _verified(item, cfg.quality, checks, judged))
 
 
 def quality_reject(dialogue: Dialogue) -> Reject:

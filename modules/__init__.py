@@ -2,10 +2,13 @@
 
 Modules never import Prefect or anything from flows/. Importing this package first sets the
 offline hygiene the LM stack needs (before LiteLLM or the hub clients are imported): no cost-map
-download, no hub look-ups, no telemetry.
+download, no hub look-ups, no telemetry; and it raises glibc's heap trim threshold
+(modules/malloc_tuning.py: diskcache's zlib calls otherwise fault their memory in every time).
 """
 
 import os
+
+from modules.malloc_tuning import keep_heap_top
 
 for _name, _value in {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -16,3 +19,5 @@ for _name, _value in {
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ.setdefault(_name, _value)
+
+keep_heap_top()

@@ -92,9 +92,10 @@ def current_slot() -> str | None:
     return f"{name}:{len(book.records)}"
 
 
-def slot_facts(request: Request) -> dict[str, Any]:
-    """What identifies a call apart from its dialogue history: model, sampling, instructions."""
-    data = request_to_dict(request)
+def slot_facts(request: Request, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What identifies a call apart from its dialogue history: model, sampling, instructions.
+    `data` is request_to_dict(request) when the caller already has it."""
+    data = request_to_dict(request) if data is None else data
     system = canonical_json(data.get("system"))
     return {
         "model": request.model,
@@ -123,7 +124,12 @@ def canonical_json(data: Any) -> str:
 
 
 def call_key(request: Request, slot: int) -> str:
-    payload = {"v": CACHE_FORMAT, "request": request_to_dict(request), "rollout": slot}
+    return _key(request_to_dict(request), slot)
+
+
+def _key(data: dict[str, Any], slot: int) -> str:
+    """call_key from request_to_dict(request), which the engines reuse for the slot facts."""
+    payload = {"v": CACHE_FORMAT, "request": data, "rollout": slot}
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
@@ -148,6 +154,16 @@ class CallStore:
 
     def put_slot(self, slot: str, facts: dict[str, Any]) -> None:
         self.cache.set(f"slot:{slot}", facts)
+
+    def put_call(
+        self, key: str, value: dict[str, Any], slot: str | None, facts: dict[str, Any]
+    ) -> None:
+        """A finished call and its slot entry, committed together in one SQLite transaction
+        (one commit instead of two; durable when this returns, as with two sets)."""
+        with self.cache.transact():
+            if slot is not None:
+                self.cache.set(f"slot:{slot}", {**facts, "call": key})
+            self.cache.set(key, value)
 
     def get_slot(self, slot: str) -> dict[str, Any] | None:
         value = self.cache.get(f"slot:{slot}")
@@ -194,31 +210,29 @@ class CachingEngine:
         except (KeyError, TypeError, ValueError):
             return None  # a damaged entry is recomputed, never trusted
 
-    def _save(self, key: str, request: Request, response: Response) -> None:
+    def _save(
+        self, key: str, request: Request, response: Response, data: dict[str, Any] | None = None
+    ) -> None:
         if self.store is not None:
-            facts = slot_facts(request)
-            slot = current_slot()
-            if slot is not None:
-                self.store.put_slot(slot, {**facts, "call": key})
-            self.store.put(
-                key,
-                {
-                    "response": response_to_dict(response),
-                    "role": self.role,
-                    "model": request.model,
-                    "system_sha": facts["system_sha"],
-                    "ts": time.time(),
-                },
-            )
+            facts = slot_facts(request, data)
+            value = {
+                "response": response_to_dict(response),
+                "role": self.role,
+                "model": request.model,
+                "system_sha": facts["system_sha"],
+                "ts": time.time(),
+            }
+            self.store.put_call(key, value, current_slot(), facts)
 
     def complete(self, request: Request) -> Response:
-        key = call_key(request, _rollout.get())
+        data = request_to_dict(request)
+        key = _key(data, _rollout.get())
         response = self._lookup(key)
         if response is not None:
             _record(self.role, request, key, response, cached=True)
             return response
         response = self.inner.complete(request)
-        self._save(key, request, response)
+        self._save(key, request, response, data)
         _record(self.role, request, key, response, cached=False)
         return response
 
@@ -237,13 +251,14 @@ class AsyncCachingEngine:
         self.sync = sync
 
     async def complete(self, request: Request) -> Response:
-        key = call_key(request, _rollout.get())
+        data = request_to_dict(request)
+        key = _key(data, _rollout.get())
         response = self.sync._lookup(key)
         if response is not None:
             _record(self.sync.role, request, key, response, cached=True)
             return response
         response = await self.inner.complete(request)
-        self.sync._save(key, request, response)
+        self.sync._save(key, request, response, data)
         _record(self.sync.role, request, key, response, cached=False)
         return response
 

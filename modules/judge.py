@@ -25,3 +25,11 @@ class Judge(dspy.Module):
         self, question: str, reference: str, turns: list[dict[str, Any]]
     ) -> dspy.Prediction:
         return self.judge(question=question, reference=reference, dialogue=transcript(turns))
+
+    async def aforward(
+        self, question: str, reference: str, turns: list[dict[str, Any]]
+    ) -> dspy.Prediction:
+        """forward on the event loop: the same request, awaited."""
+        return await self.judge.acall(
+            question=question, reference=reference, dialogue=transcript(turns)
+        )

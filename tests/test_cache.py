@@ -241,3 +241,28 @@ def test_a_second_run_on_the_same_output_folder_refuses_at_once(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert sum(summary["dialogues"].values()) == 6
     assert pl.read_parquet(tmp_path / "out" / "dataset.parquet").height == 6
+
+
+def test_cache_writes_do_not_fault_zlib_state_in_on_every_call() -> None:
+    """diskcache's JSONDisk compresses every key and value; importing `modules` raises glibc's
+    trim threshold so zlib's ~256 KB of state is not faulted in again on every call."""
+    import os
+    import resource
+    import zlib
+
+    import modules  # noqa: F401 - sets the threshold
+    from modules.malloc_tuning import keep_heap_top
+
+    if not hasattr(os, "confstr") or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        pytest.skip("glibc tuning not in effect")
+    try:
+        os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        pytest.skip("not glibc")
+    assert keep_heap_top() is False  # already done once, at import
+    key = b'"' + b"a" * 64 + b'"'
+    zlib.compress(key, 1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(500):
+        zlib.compress(key, 1)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 500

@@ -285,3 +285,47 @@ def test_a_run_where_every_dialogue_is_dropped_still_writes_a_loadable_dataset(
     assert empty.height == 0 and "conversations" in empty.columns
     assert not (tmp_path / "hf").exists()  # `datasets` cannot load a 0-row folder back
     assert (tmp_path / "dataset.jsonl").read_text() == ""
+
+
+def test_the_judge_on_the_event_loop_makes_the_threaded_judges_request(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Runs judge each dialogue in its task (averify_outcome); `master verify` judges in
+    threads. Both must send the same request: same cache key, same verdict."""
+    import asyncio
+
+    from flows.verify import Item, _ajudge_one, _judge_one
+    from modules.callcache import CallStore
+    from modules.http_engine import close_loop_sessions
+    from modules.judge import Judge
+    from modules.lm import build_role_lms
+
+    turns = [
+        {"speaker": "student", "text": WEAK},
+        {"speaker": "teacher", "text": TEACHER},
+        {"speaker": "student", "text": STRONG + " A procedural slip here."},
+    ]
+    item = Item("s1", turns, "error_correction", "math", QUESTION, REFERENCE)
+    with FakeLLMServer(responder=_judge_responder) as server:
+        cfg = load_config(write_config(role_lms(server.base_url)), environ={})
+        judged = []
+        for name in ("threaded", "loop"):
+            store = CallStore(tmp_path / name)
+            judge = Judge(build_role_lms(cfg.lms, store, ("judge",))["judge"])
+            if name == "threaded":
+                judged.append(_judge_one(judge, item))
+            else:
+
+                async def on_loop(judge: Judge = judge) -> Any:
+                    try:
+                        return await _ajudge_one(judge, item)
+                    finally:
+                        await close_loop_sessions()
+
+                judged.append(asyncio.run(on_loop()))
+            store.close()
+        assert server.request_count == 2
+    (threaded, error1, calls1), (looped, error2, calls2) = judged
+    assert error1 is None and error2 is None
+    assert threaded == looped and threaded is not None and threaded["score"] == 2
+    assert len(calls1) == 1 and [c.key for c in calls1] == [c.key for c in calls2]
