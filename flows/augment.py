@@ -198,6 +198,11 @@ def augment(
         else:
             outcomes = submit_shards(shards, cfg, new_budget(cfg))
         summary = publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started)
+    if summary["breaker"]["tripped"]:  # outputs are written; the run itself did not succeed
+        raise RuntimeError(
+            f"stopped: {summary['breaker']['reason']}; {summary['quality']['accepted']} "
+            f"dialogues written to {out_dir}, {summary['breaker']['not_started']} not started"
+        )
     get_run_logger().info(
         "%d dialogues, %d LM calls, %d cache hits -> %s",
         summary["quality"]["accepted"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import diskcache
 import dspy
 
+from flows.config import SCENARIOS, ConfigError
+from flows.programs import list_versions, load_version
 from flows.simulate import build_programs, program_version
 from modules.callcache import canonical_json
 from signatures import JudgeDialogue
@@ -22,6 +25,14 @@ from signatures import JudgeDialogue
 
 def _open(path: Path) -> diskcache.Cache:
     return diskcache.Cache(str(path), disk=diskcache.JSONDisk)
+
+
+def _get(store: diskcache.Cache, key: Any) -> Any:
+    """A value, or None when it cannot be read (damaged): prune then removes it."""
+    try:
+        return store.get(key)
+    except (zlib.error, ValueError, UnicodeDecodeError, OSError):
+        return None
 
 
 def cache_stats(directory: str | Path) -> dict[str, Any]:
@@ -36,7 +47,7 @@ def cache_stats(directory: str | Path) -> dict[str, Any]:
             if str(key).startswith("slot:"):
                 slots += 1
                 continue
-            value = calls.get(key)
+            value = _get(calls, key)
             if isinstance(value, dict):
                 by_role[str(value.get("role"))] += 1
                 by_model[str(value.get("model"))] += 1
@@ -50,18 +61,32 @@ def cache_stats(directory: str | Path) -> dict[str, Any]:
             "oldest": min(times) if times else None,
             "newest": max(times) if times else None,
         }
-    for name in ("dialogues", "retrieval"):
+    for name in ("dialogues", "retrieval", "embeddings"):
         with _open(root / name) as store:
             stats[name] = {"entries": len(store), "bytes": store.volume()}
     return stats
 
 
+def known_programs() -> list[dspy.Module]:
+    """The baseline programs and every saved version under data/programs/: a cache entry one
+    of them would ask for is in use (a config may switch to a saved version at any time)."""
+    programs = list(build_programs({}).values())
+    for scenario in SCENARIOS:
+        for meta in list_versions(scenario):
+            program = build_programs({})[scenario]
+            try:
+                programs.append(load_version(program, scenario, str(meta.get("version"))))
+            except ConfigError:
+                continue
+    return programs
+
+
 def current_instruction_shas() -> set[str]:
-    """The system-prompt hashes the current programs send, hashed as `slot_facts` does."""
+    """The system-prompt hashes the known programs send, hashed as `slot_facts` does."""
     adapter = dspy.ChatAdapter()
-    signatures = [
-        p.signature for prog in build_programs({}).values() for _, p in prog.named_predictors()
-    ] + [JudgeDialogue]
+    signatures = [p.signature for prog in known_programs() for _, p in prog.named_predictors()] + [
+        JudgeDialogue
+    ]
     shas = set()
     for sig in signatures:
         inputs = {name: "x" for name in sig.input_fields}
@@ -77,7 +102,7 @@ def prune(
     root = Path(directory)
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     shas = current_instruction_shas() if unused else set()
-    versions = {program_version(p) for p in build_programs({}).values()} if unused else set()
+    versions = {program_version(p) for p in known_programs()} if unused else set()
     removed = {"calls": 0, "slots": 0, "dialogues": 0}
 
     def stale(value: Any, field: str, current: set[str]) -> bool:
@@ -91,18 +116,20 @@ def prune(
         for key in list(calls.iterkeys()):
             if str(key).startswith("slot:"):
                 continue
-            if stale(calls.get(key), "system_sha", shas):
+            if stale(_get(calls, key), "system_sha", shas):
                 calls.delete(key)
                 removed["calls"] += 1
         for key in list(calls.iterkeys()):
             if str(key).startswith("slot:"):
-                value = calls.get(key)
+                value = _get(calls, key)
                 if not isinstance(value, dict) or value.get("call") not in calls:
                     calls.delete(key)
                     removed["slots"] += 1
     with _open(root / "dialogues") as store:
         for key in list(store.iterkeys()):
-            if stale(store.get(key), "program_version", versions):
+            value = _get(store, key)
+            body = value.get("body") if isinstance(value, dict) else None
+            if stale(body, "program_version", versions):
                 store.delete(key)
                 removed["dialogues"] += 1
     return removed

@@ -16,6 +16,7 @@ from flows.config import ConfigError, MasterConfig, load_config
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_STOPPED = 3  # the circuit breaker stopped the run; its outputs are written
 
 DESCRIPTION = """\
 MASTER turns question/answer seed data into multi-turn teacher-student dialogues for
@@ -213,6 +214,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"dataset: {result.out / 'dataset.parquet'} (ShareGPT: {result.out / 'dataset.jsonl'})")
     print(f"report:  {result.out / 'report.md'}")
+    if s["breaker"]["tripped"]:
+        print(
+            f"stopped: {s['breaker']['reason'].removeprefix('not started: ')}. "
+            f"{sum(s['dialogues'].values())} dialogues are written to {result.out}; "
+            f"{s['breaker']['not_started']} were not started and {s['quality']['failed']} "
+            "failed (reasons in summary.json, quality.failures). Every finished call is "
+            "cached: once the endpoint answers again, rerun and only the rest is paid for.",
+            file=sys.stderr,
+        )
+        return EXIT_STOPPED
     if s["budget"]["stopped"]:
         print(
             f"stopped early: the run's budget is spent; {s['budget']['unfinished']} dialogues "

@@ -172,6 +172,9 @@ class RunConfig(BaseModel):
         default=None, description="scheduler, e.g. tcp://10.0.0.5:8786; None = a local cluster"
     )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    breaker_failures: int = Field(
+        default=20, ge=0, description="dialogues failing in a row that stop the run (0: never)"
+    )
 
 
 STRUCTURE_CHECKS = ("empty", "role_leakage", "language", "length", "repetition", "truncated")

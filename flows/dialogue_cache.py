@@ -18,10 +18,10 @@ from typing import Any
 import diskcache
 
 from flows.jobs import ROLES_BY_SCENARIO, Job
-from modules.callcache import CallRecord, canonical_json
+from modules.callcache import CallRecord, canonical_json, read_checked, seal
 from modules.settings import RoleLMs
 
-DIALOGUE_FORMAT = 1
+DIALOGUE_FORMAT = 2  # 2: values sealed with a checksum
 _STORED = [f.name for f in fields(CallRecord) if f.name != "cached"]
 
 
@@ -58,9 +58,10 @@ class DialogueStore:
         )  # no eviction check per write: see modules/callcache.py CallStore
 
     def get(self, key: str) -> dict[str, Any] | None:
-        value = self.cache.get(key)
-        if isinstance(value, dict) and isinstance(value.get("turns"), list):
-            return value
+        value = read_checked(self.cache, key, "body")
+        body = value.get("body") if value is not None else None
+        if isinstance(body, dict) and isinstance(body.get("turns"), list):
+            return body
         return None
 
     def put(
@@ -68,9 +69,8 @@ class DialogueStore:
     ) -> None:
         # asdict() deep-copies; the fields are plain values, so read them in field order
         stored = [{k: getattr(c, k) for k in _STORED} for c in calls]
-        self.cache.set(
-            key, {"turns": turns, "calls": stored, "program_version": version, "ts": time.time()}
-        )
+        body = {"turns": turns, "calls": stored, "program_version": version, "ts": time.time()}
+        self.cache.set(key, {"body": body, "check": seal(key, body)})
 
     def close(self) -> None:
         self.cache.close()

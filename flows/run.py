@@ -245,11 +245,13 @@ def publish(
 ) -> dict[str, Any]:
     """Filter, merge and write every output file; return the summary (also summary.json)."""
     dialogues = [o.dialogue for o in outcomes if o.dialogue is not None]
-    stopped = [o.reject for o in outcomes if o.reject is not None and o.reject.stage == "budget"]
+    unfinished = ("budget", "breaker")
+    stopped = [o.reject for o in outcomes if o.reject is not None and o.reject.stage in unfinished]
     failed = [
         *plan_rejects,
-        *(o.reject for o in outcomes if o.reject is not None and o.reject.stage != "budget"),
+        *(o.reject for o in outcomes if o.reject is not None and o.reject.stage not in unfinished),
     ]
+    tripped = next((r.reason for r in stopped if r.stage == "breaker"), None)
     accepted = [d for d in dialogues if d.quality.get("accepted", True)]
     dropped = [quality_reject(d) for d in dialogues if not d.quality.get("accepted", True)]
     records = [rec for o in outcomes for rec in o.calls]
@@ -283,8 +285,13 @@ def publish(
         "rows": {"published": len(merged), "duplicates_dropped": duplicates},
         "budget": {
             **cfg.run.budget.model_dump(),
-            "stopped": bool(stopped),
-            "unfinished": len(stopped),
+            "stopped": any(r.stage == "budget" for r in stopped),
+            "unfinished": sum(1 for r in stopped if r.stage == "budget"),
+        },
+        "breaker": {
+            "tripped": tripped is not None,
+            "not_started": sum(1 for r in stopped if r.stage == "breaker"),
+            "reason": tripped,
         },
         "elapsed_s": 0.0,
         "config_hash": cfg.fingerprint(),

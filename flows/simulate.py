@@ -25,6 +25,7 @@ from flows.formats import to_messages, to_sharegpt
 from flows.jobs import Job
 from flows.records import Dialogue, Reject
 from modules.analogy import Analogy
+from modules.budget import BUDGET_SPENT
 from modules.callcache import CallRecord, dialogue_slot, ledger
 from modules.debate import Debate
 from modules.dspy_speedups import InlineDSPyHelpers
@@ -168,6 +169,48 @@ def _store(
     return finished(job, turns, calls, cfg, versions, stamps)
 
 
+class Breaker:
+    """Stops dispatching when failures persist (a server down, every call rate-limited for
+    minutes): `limit` dialogues failing in a row, with retries spent, trip it. The dialogues
+    not started are reported as such, so the run ends with what it finished instead of
+    spinning through every seed at the retry timeout. limit 0 disables it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+        self.last = ""
+        self.tripped = False
+
+    def record(self, outcome: Outcome) -> None:
+        if outcome.reject is None:
+            self.in_a_row = 0
+            return
+        if BUDGET_SPENT in outcome.reject.reason:
+            return  # the budget stopping calls is not the endpoint failing
+        self.in_a_row += 1
+        self.last = outcome.reject.reason
+        if self.limit and self.in_a_row >= self.limit:
+            self.tripped = True
+
+    def reason(self) -> str:
+        return (
+            f"not started: {self.in_a_row} dialogues failed in a row, so the run stopped "
+            f"dispatching (last failure: {self.last[:200]})"
+        )
+
+
+def not_started(job: Job, reason: str) -> Outcome:
+    seed = job.seed
+    reject = Reject(
+        stage="breaker",
+        reason=reason,
+        source=seed.source,
+        location=seed.meta.get("location"),
+        seed_id=seed.id,
+    )
+    return Outcome(job, None, reject, [])
+
+
 class Stamps:
     """The config hash and the roles' model fingerprints, computed once per simulate() rather
     than once per dialogue (hashing the whole config costs about 0.3 ms)."""
@@ -255,11 +298,17 @@ def simulate(
 
     report()
     if todo:
+        breaker = Breaker(cfg.run.breaker_failures)
 
         async def work(queue: list[tuple[int, Job, str | None]]) -> None:
             while queue:
                 index, job, key = queue.pop()
+                if breaker.tripped:
+                    outcomes[index] = not_started(job, breaker.reason())
+                    report()
+                    continue
                 outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
+                breaker.record(outcome)
                 if after is not None:
                     await after(outcome)
                 outcomes[index] = outcome

@@ -17,6 +17,7 @@ import contextvars
 import hashlib
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,27 @@ def _key(data: dict[str, Any], slot: int) -> str:
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
+def seal(key: str, body: Any) -> str:
+    """A checksum binding an entry's content to its key: a damaged value, a hand-edited one
+    or one moved under another key no longer matches, and is recomputed instead of trusted."""
+    return hashlib.sha256(f"{key}\x1f{canonical_json(body)}".encode()).hexdigest()[:32]
+
+
+def read_checked(cache: diskcache.Cache, key: str, field: str) -> dict[str, Any] | None:
+    """A cache value, or None if it is missing, unreadable or fails its checksum.
+
+    Values are JSON (JSONDisk), never pickles: reading one never runs code. A value that
+    cannot be decompressed or parsed is dropped so the next write replaces it."""
+    try:
+        value = cache.get(key)
+    except (zlib.error, ValueError, UnicodeDecodeError, OSError):
+        cache.delete(key)
+        return None
+    if not isinstance(value, dict) or value.get("check") != seal(key, value.get(field)):
+        return None
+    return value
+
+
 class CallStore:
     """diskcache with JSON values: safe to share between processes (SQLite underneath)."""
 
@@ -144,13 +166,13 @@ class CallStore:
         self.cache = diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk, cull_limit=0)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        value = self.cache.get(key)
-        if isinstance(value, dict) and isinstance(value.get("response"), dict):
+        value = read_checked(self.cache, key, "response")
+        if value is not None and isinstance(value.get("response"), dict):
             return value
         return None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        self.cache.set(key, value)
+        self.cache.set(key, {**value, "check": seal(key, value.get("response"))})
 
     def put_slot(self, slot: str, facts: dict[str, Any]) -> None:
         self.cache.set(f"slot:{slot}", facts)
@@ -163,10 +185,13 @@ class CallStore:
         with self.cache.transact():
             if slot is not None:
                 self.cache.set(f"slot:{slot}", {**facts, "call": key})
-            self.cache.set(key, value)
+            self.cache.set(key, {**value, "check": seal(key, value.get("response"))})
 
     def get_slot(self, slot: str) -> dict[str, Any] | None:
-        value = self.cache.get(f"slot:{slot}")
+        try:
+            value = self.cache.get(f"slot:{slot}")
+        except (zlib.error, ValueError, UnicodeDecodeError, OSError):
+            return None  # slot facts only explain a plan; a damaged one explains nothing
         return value if isinstance(value, dict) else None
 
     def close(self) -> None:

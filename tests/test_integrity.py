@@ -1,0 +1,72 @@
+"""Cache integrity: every value is JSON with a checksum bound to its key; a tampered, damaged
+or moved entry is detected, discarded and recomputed, and the dataset is unchanged."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import diskcache
+
+from conftest import role_lms
+from fake_llm import FakeLLMServer
+from flows.config import load_config
+from flows.run import run_pipeline
+
+
+def _call_keys(cache_dir: Path) -> list[str]:
+    with diskcache.Cache(str(cache_dir), disk=diskcache.JSONDisk) as calls:
+        return sorted(k for k in calls.iterkeys() if not str(k).startswith("slot:"))
+
+
+def _drop_dialogues(cache_dir: Path) -> None:
+    with diskcache.Cache(str(cache_dir / "dialogues"), disk=diskcache.JSONDisk) as store:
+        store.clear()
+
+
+def test_tampered_damaged_and_moved_entries_are_recomputed(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    config = write_config(role_lms(fake_llm.base_url), sample=6)
+    cfg = load_config(config, environ={})
+    cache = tmp_path / "cache"
+    run_pipeline(cfg, tmp_path / "first", embedder=embedder)
+    original = (tmp_path / "first" / "dataset.jsonl").read_bytes()
+
+    # 1. every whole-dialogue entry edited by hand (checksum left as it was)
+    with diskcache.Cache(str(cache / "dialogues"), disk=diskcache.JSONDisk) as store:
+        for key in list(store.iterkeys()):
+            value = store.get(key)
+            value["body"]["turns"][-1]["text"] = "I was edited."
+            store.set(key, value)
+    fake_llm.reset()
+    run_pipeline(cfg, tmp_path / "second", embedder=embedder)
+    assert fake_llm.request_count == 0  # re-simulated from the intact call cache
+    assert (tmp_path / "second" / "dataset.jsonl").read_bytes() == original
+
+    # 2. one call's answer edited, one moved under another key, one damaged on disk
+    keys = _call_keys(cache)
+    edited, moved_from, moved_to, damaged = keys[0], keys[1], keys[2], keys[3]
+    with diskcache.Cache(str(cache), disk=diskcache.JSONDisk) as calls:
+        value = calls.get(edited)
+        value["response"] = {**value["response"], "edited": "by hand"}
+        calls.set(edited, value)
+        calls.set(moved_to, calls.get(moved_from))
+    db = sqlite3.connect(cache / "cache.db")
+    rows = db.execute("SELECT rowid, key FROM Cache").fetchall()
+    rowid = next(r for r, k in rows if json.loads(zlib.decompress(k)) == damaged)
+    db.execute("UPDATE Cache SET value = ? WHERE rowid = ?", (b"\x00not zlib", rowid))
+    db.commit()
+    db.close()
+    _drop_dialogues(cache)
+    fake_llm.reset()
+    run_pipeline(cfg, tmp_path / "third", embedder=embedder)
+    assert fake_llm.request_count == 3  # exactly the three bad entries, asked again
+    assert (tmp_path / "third" / "dataset.jsonl").read_bytes() == original
+    fake_llm.reset()
+    _drop_dialogues(cache)
+    run_pipeline(cfg, tmp_path / "fourth", embedder=embedder)
+    assert fake_llm.request_count == 0  # and now stored soundly
