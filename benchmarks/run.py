@@ -449,6 +449,14 @@ def bench_rerun(seeds: int = 100_000) -> dict:
     return figures
 
 
+def bench_injection() -> dict:
+    """Seeds that try to take over the roles, against an obedient fake model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from injection import bench_injection as run
+
+    return run()
+
+
 BENCHES: dict[str, Callable[..., dict]] = {
     "rerun": bench_rerun,
     "dedupe": bench_dedupe,
@@ -458,6 +466,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "embedded": bench_embedded,
     "faults": bench_faults,
     "growth": bench_growth,
+    "injection": bench_injection,
 }
 
 
