@@ -49,3 +49,42 @@ def test_augment_flow_writes_outputs_and_artifacts(
     keys = asyncio.run(artifact_keys())
     assert {"augment-report", "augment-lm-calls", "augment-summary"} <= keys
     assert {"augment-plot-counts", "augment-plot-lengths", "augment-plot-checks"} <= keys
+
+
+def test_the_augment_flow_runs_a_saved_program_version(
+    prefect_server: None,
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dspy
+
+    import flows.run
+    from conftest import hashing_embedder
+    from flows.augment import augment
+    from flows.programs import save_version
+    from flows.simulate import build_programs
+
+    monkeypatch.setattr(flows.run, "minilm_embedder", lambda: hashing_embedder)
+    program = build_programs({})["debate"]
+    program.student_c.predict.demos = [
+        dspy.Example(question="1+1?", reference="2", dialogue="A: 3", summary="It is 2.")
+    ]
+    version = save_version(program, "debate", {"optimizer": "by hand"}, tmp_path / "programs")
+    config = write_config(
+        role_lms(fake_llm.base_url),
+        sample=6,
+        scenarios={"proportions": {"debate": 1}, "programs": {"debate": version}},
+        optimize={"programs_dir": str(tmp_path / "programs")},
+    )
+    out = tmp_path / "flow-out"
+    summary = augment(config_path=str(config), out=str(out))
+    assert summary["dialogues"]["debate"] == 6
+    rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    import polars as pl
+
+    provenance = [json.loads(p) for p in pl.read_parquet(out / "dataset.parquet")["provenance"]]
+    assert {p["program_version"] for p in provenance} == {version}
+    assert any("It is 2." in json.dumps(r["messages"]) for r in fake_llm.requests)
