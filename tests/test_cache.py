@@ -173,7 +173,7 @@ def test_two_runs_at_once_on_one_cache_both_finish(
 def test_a_budget_caps_the_calls_and_keeps_every_finished_dialogue(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    config = write_config(role_lms(fake_llm.base_url), sample=9, run={"concurrency": 2})
+    config = write_config(role_lms(fake_llm.base_url), sample=6, run={"concurrency": 2})
     out = tmp_path / "out"
     proc = run_cli("run", "--config", str(config), "--out", str(out), "--max-calls", "10")
     assert proc.returncode == 0, proc.stderr
@@ -185,7 +185,7 @@ def test_a_budget_caps_the_calls_and_keeps_every_finished_dialogue(
     assert len(published) == sum(summary["dialogues"].values()) > 0
     unfinished = pl.read_parquet(out / "rejects.parquet").filter(pl.col("stage") == "budget")
     assert unfinished.height == summary["budget"]["unfinished"]
-    assert len(published) + unfinished.height == 9
+    assert len(published) + unfinished.height == 6
     # the next run without a cap makes only the calls that were not made
     capped = fake_llm.request_count
     proc = run_cli("run", "--config", str(config), "--out", str(tmp_path / "rest"))
@@ -230,7 +230,7 @@ def test_a_second_run_on_the_same_output_folder_refuses_at_once(
     write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     with FakeLLMServer(latency=1.5) as server:  # slow enough to outlast the second's start
-        config = write_config(role_lms(server.base_url), sample=6, run={"concurrency": 1})
+        config = write_config(role_lms(server.base_url), sample=3, run={"concurrency": 1})
         first = _cli_run(config, tmp_path / "out")
         assert server.wait_for_requests(2, timeout=180)
         second = run_cli("run", "--config", str(config), "--out", str(tmp_path / "out"))
@@ -239,8 +239,8 @@ def test_a_second_run_on_the_same_output_folder_refuses_at_once(
         assert "another run is writing this output folder (pid" in second.stderr
         assert first.wait(timeout=300) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert sum(summary["dialogues"].values()) == 6
-    assert pl.read_parquet(tmp_path / "out" / "dataset.parquet").height == 6
+    assert sum(summary["dialogues"].values()) == 3
+    assert pl.read_parquet(tmp_path / "out" / "dataset.parquet").height == 3
 
 
 def test_cache_writes_do_not_fault_zlib_state_in_on_every_call() -> None:

@@ -135,7 +135,7 @@ def test_the_circuit_breaker_stops_a_run_against_a_dead_server(
     with FakeLLMServer(status_override=503) as down:
         config = write_config(
             role_lms(down.base_url),
-            sample=40,
+            sample=20,
             run={"concurrency": 2, "breaker_failures": 4},
         )
         proc = run_cli("run", "--config", str(config), "--out", str(tmp_path / "out"))
@@ -144,13 +144,13 @@ def test_the_circuit_breaker_stops_a_run_against_a_dead_server(
     assert "dialogues failed in a row" in proc.stderr and "rerun" in proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     breaker = summary["breaker"]
-    assert breaker["tripped"] and breaker["not_started"] >= 30
-    assert summary["quality"]["failed"] + breaker["not_started"] == 40
-    assert attempts <= (40 - breaker["not_started"]) * 4  # nothing sent after it tripped
+    assert breaker["tripped"] and breaker["not_started"] >= 10
+    assert summary["quality"]["failed"] + breaker["not_started"] == 20
+    assert attempts <= (20 - breaker["not_started"]) * 4  # nothing sent after it tripped
     rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
     assert rejects.filter(pl.col("stage") == "breaker").height == breaker["not_started"]
 
     port = int(down.base_url.split(":")[2].split("/")[0])
     with FakeLLMServer(port=port):
         summary = _run(config, tmp_path / "out")
-    assert sum(summary["dialogues"].values()) == 40 and not summary["breaker"]["tripped"]
+    assert sum(summary["dialogues"].values()) == 20 and not summary["breaker"]["tripped"]
