@@ -141,16 +141,16 @@ def test_every_optimizer_in_the_registry_builds(
 @pytest.mark.embedded
 @pytest.mark.timeout(1200)
 def test_bootstrap_few_shot_on_the_embedded_model(tmp_path: Path) -> None:
-    """The real model, small: 8 train and 8 dev seeds, the teacher optimized, answers cut
+    """The real model, small: 3 train and 3 dev seeds, the teacher optimized, answers cut
     to 8 tokens (this checks the machinery on a real model, not the quality of its prose)."""
     env = {"MASTER__CACHE__DIR": str(tmp_path / "cache")}
     for role in ("WEAK", "STRONG"):
         env[f"MASTER__LMS__{role}__MAX_TOKENS"] = "8"
     env.update(
         {
-            "MASTER__SEEDS__SAMPLE": "30",
-            "MASTER__OPTIMIZE__TRAIN_SIZE": "8",
-            "MASTER__OPTIMIZE__DEV_SIZE": "8",
+            "MASTER__SEEDS__SAMPLE": "12",
+            "MASTER__OPTIMIZE__TRAIN_SIZE": "3",
+            "MASTER__OPTIMIZE__DEV_SIZE": "3",
             "MASTER__OPTIMIZE__AGENTS": "[teacher]",
             "MASTER__OPTIMIZE__SETTINGS": "{max_bootstrapped_demos: 1}",
             "MASTER__OPTIMIZE__PROGRAMS_DIR": str(tmp_path / "programs"),
@@ -161,7 +161,7 @@ def test_bootstrap_few_shot_on_the_embedded_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (meta_path,) = (tmp_path / "programs" / "error_correction").glob("*.meta.json")
     meta = json.loads(meta_path.read_text())
-    assert meta["train_size"] == 8 and meta["dev_size"] == 8
+    assert meta["train_size"] == 3 and meta["dev_size"] == 3
     assert meta["lms"]["strong"]["model"] == "embedded/smollm2-135m-instruct"
     assert 0.0 <= meta["metric_before"] <= 1.0 and 0.0 <= meta["metric_after"] <= 1.0
     assert any(line.startswith("baseline |") for line in proc.stdout.splitlines())
