@@ -34,7 +34,17 @@ from flows.config import MasterConfig, RunConfig, load_config
 from flows.jobs import Job
 from flows.output import output_lock
 from flows.records import Reject
-from flows.run import new_budget, plan_jobs, publish, roles_in_use, run_shard, with_overrides
+from flows.run import (
+    new_budget,
+    plan_jobs,
+    program_versions,
+    publish,
+    replay,
+    roles_in_use,
+    run_shard,
+    with_overrides,
+)
+from flows.run_cache import run_key
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import Outcome
 from modules.budget import CallBudget
@@ -66,8 +76,27 @@ def publish_task(
     plan_rejects: list[Reject],
     outcomes: list[Outcome],
     started: float,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    summary = publish(cfg, Path(out), loaded, plan_rejects, outcomes, started)
+    summary = publish(cfg, Path(out), loaded, plan_rejects, outcomes, started, key)
+    publish_artifacts(out, summary)
+    return summary
+
+
+@task(name="replay-run", cache_policy=NO_CACHE)
+def replay_task(
+    cfg: MasterConfig, out: str, seeds: list[str] | None, started: float
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The run's key, and the summary of a stored run with exactly these inputs, restored."""
+    key = run_key(cfg, program_versions(cfg), seeds)
+    summary = replay(cfg, Path(out), key, started)
+    if summary is not None:
+        publish_artifacts(out, summary)
+    return key, summary
+
+
+def publish_artifacts(out: str, summary: dict[str, Any]) -> None:
+    """The report, the LM accounting, summary.json and the plots as the flow run's artifacts."""
     create_markdown_artifact(
         markdown=(Path(out) / "report.md").read_text(encoding="utf-8"),
         key="augment-report",
@@ -99,7 +128,22 @@ def publish_task(
             key=f"augment-{png.stem.replace('_', '-')}",
             description=f"{png.name} of this run",
         )
-    return summary
+
+
+def _augment(
+    cfg: MasterConfig, out_dir: str, seeds: list[str] | None, key: str | None, started: float
+) -> dict[str, Any]:
+    """load -> plan -> simulate in shards -> publish: a run with something to compute."""
+    loaded = load_task(cfg, seeds)
+    jobs, plan_rejects = plan_task(loaded, cfg)
+    size = cfg.run.shard_size
+    shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    if cfg.run.task_runner == "dask":
+        runner = dask_runner(cfg.run)
+        outcomes = simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg))
+    else:
+        outcomes = submit_shards(shards, cfg, new_budget(cfg))
+    return publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started, key)
 
 
 def dask_runner(run: RunConfig) -> TaskRunner:
@@ -188,16 +232,9 @@ def augment(
     out_dir = out or cfg.run.out
     check_keys(cfg.lms, roles_in_use(cfg))
     with output_lock(Path(out_dir)):  # a second run on this folder refuses at once
-        loaded = load_task(cfg, seeds)
-        jobs, plan_rejects = plan_task(loaded, cfg)
-        size = cfg.run.shard_size
-        shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        if cfg.run.task_runner == "dask":
-            runner = dask_runner(cfg.run)
-            outcomes = simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg))
-        else:
-            outcomes = submit_shards(shards, cfg, new_budget(cfg))
-        summary = publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started)
+        key, summary = replay_task(cfg, out_dir, seeds, started)
+        if summary is None:
+            summary = _augment(cfg, out_dir, seeds, key, started)
     if summary["breaker"]["tripped"]:  # outputs are written; the run itself did not succeed
         raise RuntimeError(
             f"stopped: {summary['breaker']['reason']}; {summary['quality']['accepted']} "

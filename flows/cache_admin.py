@@ -7,6 +7,7 @@ dialogues, and analogy partners. Values are JSON; nothing here unpickles anythin
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 import zlib
 from collections import Counter
@@ -17,6 +18,7 @@ import diskcache
 import dspy
 
 from flows.config import SCENARIOS, ConfigError
+from flows.dialogue_cache import VERDICT
 from flows.programs import list_versions, load_version
 from flows.simulate import build_programs, program_version
 from modules.callcache import canonical_json
@@ -64,7 +66,26 @@ def cache_stats(directory: str | Path) -> dict[str, Any]:
     for name in ("dialogues", "retrieval", "embeddings"):
         with _open(root / name) as store:
             stats[name] = {"entries": len(store), "bytes": store.volume()}
+            if name == "dialogues":  # verdicts live beside the dialogues they judge
+                verdicts = sum(1 for k in store.iterkeys() if str(k).startswith(VERDICT))
+                stats[name]["entries"] -= verdicts
+                stats["verdicts"] = {"entries": verdicts}
+    runs = _stored_runs(root)
+    stats["runs"] = {  # hard links to the outputs: bytes shared with the output folders
+        "entries": len(runs),
+        "bytes": sum(f.stat().st_size for r in runs for f in r.rglob("*") if f.is_file()),
+    }
     return stats
+
+
+def _stored_runs(root: Path) -> list[Path]:
+    """The run cache's entries (flows/run_cache.py), not its staging folders."""
+    folder = root / "runs"
+    return (
+        [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if (folder.is_dir())
+        else []
+    )
 
 
 def known_programs() -> list[dspy.Module]:
@@ -103,7 +124,7 @@ def prune(
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     shas = current_instruction_shas() if unused else set()
     versions = {program_version(p) for p in known_programs()} if unused else set()
-    removed = {"calls": 0, "slots": 0, "dialogues": 0}
+    removed = {"calls": 0, "slots": 0, "dialogues": 0, "verdicts": 0, "runs": 0}
 
     def stale(value: Any, field: str, current: set[str]) -> bool:
         if not isinstance(value, dict):
@@ -131,5 +152,9 @@ def prune(
             body = value.get("body") if isinstance(value, dict) else None
             if stale(body, "program_version", versions):
                 store.delete(key)
-                removed["dialogues"] += 1
+                removed["verdicts" if str(key).startswith(VERDICT) else "dialogues"] += 1
+    for run in _stored_runs(root):  # stored runs: by age (their count is capped when stored)
+        if cutoff is not None and run.stat().st_mtime < cutoff:
+            shutil.rmtree(run, ignore_errors=True)
+            removed["runs"] += 1
     return removed

@@ -143,6 +143,11 @@ class CacheConfig(BaseModel):
 
     dir: str = ".master/cache"
     enabled: bool = True
+    replay_runs: bool = Field(
+        default=True,
+        description="a run whose inputs are all unchanged restores its stored outputs",
+    )
+    keep_runs: int = Field(default=3, ge=1, description="stored runs kept (most recent first)")
 
 
 class BudgetConfig(BaseModel):

@@ -17,11 +17,16 @@ from typing import Any
 
 import diskcache
 
+from flows.code_version import source_fingerprint
 from flows.jobs import ROLES_BY_SCENARIO, Job
 from modules.callcache import CallRecord, canonical_json, read_checked, seal
 from modules.settings import RoleLMs
 
 DIALOGUE_FORMAT = 2  # 2: values sealed with a checksum
+VERDICT_FORMAT = 1
+VERDICT = "verdict:"  # key prefix of stored verdicts, beside the dialogues
+# the code a verdict depends on (besides the config and the judge): any edit recomputes
+CHECK_CODE = ("flows.checks", "flows.answers", "flows.verify", "modules.guards")
 _STORED = [f.name for f in fields(CallRecord) if f.name != "cached"]
 
 
@@ -47,8 +52,13 @@ def dialogue_key(job: Job, program_version: str, lms: RoleLMs) -> str:
 
 
 def replayed_calls(hit: dict[str, Any]) -> list[CallRecord]:
-    """The calls a cached dialogue once made, now counted as cache hits."""
+    """The calls a cached dialogue (or verdict) once made, now counted as cache hits."""
     return [CallRecord(**{**c, "cached": True}) for c in hit["calls"]]
+
+
+def _stored(calls: list[CallRecord]) -> list[dict[str, Any]]:
+    # asdict() deep-copies; the fields are plain values, so read them in field order
+    return [{k: getattr(c, k) for k in _STORED} for c in calls]
 
 
 class DialogueStore:
@@ -58,19 +68,59 @@ class DialogueStore:
         )  # no eviction check per write: see modules/callcache.py CallStore
 
     def get(self, key: str) -> dict[str, Any] | None:
-        value = read_checked(self.cache, key, "body")
-        body = value.get("body") if value is not None else None
-        if isinstance(body, dict) and isinstance(body.get("turns"), list):
-            return body
-        return None
+        body = self._get(key)
+        return body if body is not None and isinstance(body.get("turns"), list) else None
 
     def put(
         self, key: str, turns: list[dict[str, Any]], calls: list[CallRecord], version: str
     ) -> None:
-        # asdict() deep-copies; the fields are plain values, so read them in field order
-        stored = [{k: getattr(c, k) for k in _STORED} for c in calls]
-        body = {"turns": turns, "calls": stored, "program_version": version, "ts": time.time()}
+        body = {"turns": turns, "calls": _stored(calls), "program_version": version}
+        self._put(key, {**body, "ts": time.time()})
+
+    def _put(self, key: str, body: dict[str, Any]) -> None:
         self.cache.set(key, {"body": body, "check": seal(key, body)})
+
+    def _get(self, key: str) -> dict[str, Any] | None:
+        value = read_checked(self.cache, key, "body")
+        body = value.get("body") if value is not None else None
+        return body if isinstance(body, dict) else None
 
     def close(self) -> None:
         self.cache.close()
+
+
+class Verdicts:
+    """A cached dialogue's verdicts, so an unchanged rerun neither re-checks nor re-judges it.
+
+    Stored beside the dialogue under a key that also covers the quality config, the judge's
+    model settings and program version, and the source of the check code; verdicts that could
+    not be reached (a judge error, a spent budget) are never stored: the next run retries."""
+
+    def __init__(self, store: DialogueStore, salt: str) -> None:
+        self.store, self.salt = store, salt
+
+    @staticmethod
+    def salt_for(quality: dict[str, Any], judge: dict[str, Any] | None) -> str:
+        payload = {
+            "v": VERDICT_FORMAT,
+            "code": source_fingerprint(*CHECK_CODE),
+            "quality": quality,
+            "judge": judge,
+        }
+        return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+    def _key(self, dialogue_key: str) -> str:
+        return VERDICT + hashlib.sha256(f"{self.salt}:{dialogue_key}".encode()).hexdigest()
+
+    def get(self, dialogue_key: str) -> tuple[dict[str, Any], list[CallRecord]] | None:
+        body = self.store._get(self._key(dialogue_key))
+        if body is None or not isinstance(body.get("quality"), dict):
+            return None
+        return body["quality"], replayed_calls(body)
+
+    def put(
+        self, dialogue_key: str, quality: dict[str, Any], calls: list[CallRecord], version: str
+    ) -> None:
+        """`version`: the dialogue's program version, so `cache prune --unused` sees it."""
+        body = {"quality": quality, "calls": _stored(calls), "program_version": version}
+        self.store._put(self._key(dialogue_key), {**body, "ts": time.time()})

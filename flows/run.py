@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import polars as pl
 
 from flows.accounting import lm_block
 from flows.assign import assign_scenario, debate_rounds
@@ -30,7 +32,7 @@ from flows.output import (
     write_rejects,
     write_text,
 )
-from flows.plots import plots_markdown, write_plots
+from flows.plots import PLOTS, plots_markdown, write_plots
 from flows.programs import configured_programs
 from flows.records import Reject
 from flows.report import render_report
@@ -41,9 +43,10 @@ from flows.retrieval import (
     minilm_embedder,
     pick_similar,
 )
+from flows.run_cache import RunStore, run_key, settled
 from flows.seeds import LoadResult, load_seeds
-from flows.simulate import Outcome, simulate
-from flows.verify import averify_outcome, quality_reject, verify_outcomes
+from flows.simulate import Outcome, program_version, simulate
+from flows.verify import averify_outcome, quality_reject, verdict_book, verify_outcomes
 from modules.budget import BUDGET_SPENT, CallBudget
 from modules.callcache import CallStore
 from modules.judge import Judge
@@ -210,9 +213,10 @@ def run_shard(
     programs, store = open_programs(cfg, jobs, budget)
     dialogues = DialogueStore(cfg.cache.dir) if cfg.cache.enabled else None
     judge = open_judge(cfg, store, budget)
+    verdicts = verdict_book(cfg, dialogues, judge)
 
     async def verify(outcome: Outcome) -> None:
-        await averify_outcome(outcome, cfg, judge)
+        await averify_outcome(outcome, cfg, judge, verdicts)
 
     try:
         outcomes = simulate(
@@ -224,7 +228,7 @@ def run_shard(
             after=verify if cfg.quality.enabled else None,
         )
         if cfg.quality.enabled:  # dialogues answered by the dialogue cache are verified here
-            verify_outcomes(outcomes, cfg, judge)
+            verify_outcomes(outcomes, cfg, judge, verdicts)
         for outcome in outcomes:
             _unfinished(outcome)
         return outcomes
@@ -242,8 +246,12 @@ def publish(
     plan_rejects: list[Reject],
     outcomes: list[Outcome],
     started: float,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """Filter, merge and write every output file; return the summary (also summary.json)."""
+    """Filter, merge and write every output file; return the summary (also summary.json).
+
+    With a run key (flows/run_cache.py) a settled run's outputs are stored for replay."""
+    storing = key is not None and settled(outcomes)
     dialogues = [o.dialogue for o in outcomes if o.dialogue is not None]
     unfinished = ("budget", "breaker")
     stopped = [o.reject for o in outcomes if o.reject is not None and o.reject.stage in unfinished]
@@ -295,6 +303,7 @@ def publish(
         },
         "elapsed_s": 0.0,
         "config_hash": cfg.fingerprint(),
+        "run_cache": "stored" if storing else "off" if key is None else "unsettled",
     }
     versions = {o.job.scenario: o.dialogue.provenance["program_version"] for o in outcomes
                 if o.dialogue is not None}  # fmt: skip
@@ -308,7 +317,57 @@ def publish(
     write_text(out / "report.md", render_report(summary, merged, embedded, str(out), images))
     write_text(out / "README.md", render_card(cfg, summary, merged, versions, images))
     write_json(out / "summary.json", summary)
+    if storing:
+        _remember(cfg, out, key, summary, outcomes)  # type: ignore[arg-type]
     push_to_hub(out, cfg.publish)
+    return summary
+
+
+def _remember(
+    cfg: MasterConfig, out: Path, key: str, summary: dict[str, Any], outcomes: list[Outcome]
+) -> None:
+    # what a replay reports: every call this run made or reused, now a cache hit
+    replayed = [replace(r, cached=True) for o in outcomes for r in o.calls]
+    body = {"summary": summary, "lm_replayed": lm_block(replayed, cfg.lms)}
+    try:
+        RunStore(cfg.cache.dir, cfg.cache.keep_runs).remember(key, out, body)
+    except OSError as exc:  # the outputs are written; only the next run's shortcut is lost
+        log.warning("could not store this run for replay: %s", exc)
+
+
+def program_versions(cfg: MasterConfig) -> dict[str, str]:
+    """The version of every program a run may use (scenarios and judge), without any LM."""
+    programs = configured_programs({}, cfg.scenarios.programs, cfg.optimize.programs_dir)
+    versions = {name: program_version(p) for name, p in programs.items()}
+    return {**versions, "judge": program_version(Judge())}
+
+
+def replay(cfg: MasterConfig, out: Path, key: str | None, started: float) -> dict[str, Any] | None:
+    """Restore the outputs of an earlier run with exactly these inputs; None if there is none.
+
+    The dataset files, rejects, card and plots are the stored ones; summary.json and
+    report.md describe this run: no LM call made, every call a cache hit."""
+    if key is None:
+        return None
+    stored = RunStore(cfg.cache.dir, cfg.cache.keep_runs).restore(key, out)
+    if stored is None:
+        return None
+    summary = {**stored["summary"], "lm": stored["lm_replayed"], "run_cache": "hit"}
+    sample = (
+        pl.scan_parquet(out / "dataset.parquet")
+        .select("scenario", "seed_id", "source", "turns")
+        .group_by("scenario", maintain_order=True)
+        .first()
+        .collect()
+        .to_dicts()
+    )
+    embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
+    images = plots_markdown([out / name for name in PLOTS if (out / name).exists()])
+    summary["elapsed_s"] = round(time.monotonic() - started, 3)
+    write_text(out / "report.md", render_report(summary, sample, embedded, str(out), images))
+    write_json(out / "summary.json", summary)
+    push_to_hub(out, cfg.publish)
+    log.info("inputs unchanged since a stored run: its outputs restored, no LM call made")
     return summary
 
 
@@ -321,6 +380,10 @@ def _run_pipeline(
     started = time.monotonic()
     out = Path(out or cfg.run.out)
     check_keys(cfg.lms, roles_in_use(cfg))
+    key = run_key(cfg, program_versions(cfg), seed_paths, embedder)
+    replayed = replay(cfg, out, key, started)
+    if replayed is not None:
+        return RunResult(out=out, summary=replayed)
     loaded = load_seeds(cfg.seeds, seed_paths)
     log.info(
         "kept %d seeds of %d rows (%d rejected, %d duplicates, %d contaminated)",
@@ -332,7 +395,7 @@ def _run_pipeline(
     )
     jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
     outcomes = run_shard(jobs, cfg, new_budget(cfg))
-    summary = publish(cfg, out, loaded, plan_rejects, outcomes, started)
+    summary = publish(cfg, out, loaded, plan_rejects, outcomes, started, key)
     return RunResult(out=out, summary=summary)
 
 

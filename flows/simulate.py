@@ -40,6 +40,8 @@ class Outcome:
     reject: Reject | None
     calls: list[CallRecord] = field(default_factory=list)
     verified: bool = False  # quality checks (and the judge) already applied
+    key: str | None = None  # the dialogue cache key, which also keys the stored verdicts
+    settled: bool = True  # False: a verdict could not be reached and is retried next run
 
 
 def build_programs(lms: Mapping[str, dspy.LM]) -> dict[Scenario, dspy.Module]:
@@ -285,6 +287,7 @@ def simulate(
         if hit is not None:
             turns, calls = hit["turns"], replayed_calls(hit)
             outcomes[index] = finished(job, turns, calls, cfg, versions, stamps)
+            outcomes[index].key = key  # type: ignore[union-attr]
         else:
             todo.append((index, job, key))
     reported = 0
@@ -308,6 +311,7 @@ def simulate(
                     report()
                     continue
                 outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
+                outcome.key = key
                 breaker.record(outcome)
                 if after is not None:
                     await after(outcome)

@@ -16,8 +16,9 @@ from typing import Any
 
 from flows.checks import Turns, Verdict, check_dialogue, failed_hard, judge_check, verdict
 from flows.config import MasterConfig, QualityConfig
+from flows.dialogue_cache import DialogueStore, Verdicts
 from flows.records import Dialogue, Reject
-from flows.simulate import Outcome
+from flows.simulate import Outcome, program_version
 from modules.budget import BUDGET_SPENT
 from modules.callcache import CallRecord, dialogue_slot, ledger
 from modules.judge import Judge
@@ -43,6 +44,12 @@ class Verified:
     judge_score: int | None = None
     calls: list[CallRecord] = field(default_factory=list)
     unfinished: str | None = None  # why a check could not run (the budget): retried next run
+    judge_failed: bool = False  # the judge call failed: the verdict is retried next run
+
+    @property
+    def settled(self) -> bool:
+        """Whether these verdicts may be stored: nothing in them is waiting for a retry."""
+        return self.unfinished is None and not self.judge_failed
 
     @property
     def accepted(self) -> bool:
@@ -113,6 +120,7 @@ def _verified(
     calls: list[CallRecord] = []
     score = None
     unfinished = None
+    error = None
     if judged is not None:
         result, error, calls = judged
         if error is not None and BUDGET_SPENT in error:
@@ -125,7 +133,8 @@ def _verified(
             )
     else:
         checks["judge"] = judge_check(None, q.judge_min_score)
-    return Verified(checks, failed_hard(checks, q.hard_checks()), score, calls, unfinished)
+    failed = failed_hard(checks, q.hard_checks())
+    return Verified(checks, failed, score, calls, unfinished, judge_failed=error is not None)
 
 
 def verify_items(
@@ -164,32 +173,80 @@ def _item(outcome: Outcome) -> Item:
     )
 
 
-def _apply(outcome: Outcome, result: Verified) -> None:
-    outcome.dialogue.quality.update(result.quality())  # type: ignore[union-attr]
+def _apply(outcome: Outcome, result: Verified, verdicts: Verdicts | None) -> None:
+    quality = result.quality()
+    outcome.dialogue.quality.update(quality)  # type: ignore[union-attr]
     outcome.calls.extend(result.calls)
     outcome.verified = True
+    outcome.settled = result.settled
+    if verdicts is not None and outcome.key is not None and result.settled:
+        version = outcome.dialogue.provenance["program_version"]  # type: ignore[union-attr]
+        verdicts.put(outcome.key, quality, result.calls, version)
 
 
-def verify_outcomes(outcomes: Sequence[Outcome], cfg: MasterConfig, judge: Judge | None) -> None:
+def _recall(outcome: Outcome, verdicts: Verdicts | None) -> bool:
+    """The stored verdicts of a dialogue verified before under the same checks and judge."""
+    if verdicts is None or outcome.key is None or outcome.dialogue is None:
+        return False
+    hit = verdicts.get(outcome.key)
+    if hit is None:
+        return False
+    quality, calls = hit
+    outcome.dialogue.quality.update(quality)
+    outcome.calls.extend(calls)
+    outcome.verified = True
+    return True
+
+
+def verify_outcomes(
+    outcomes: Sequence[Outcome],
+    cfg: MasterConfig,
+    judge: Judge | None,
+    verdicts: Verdicts | None = None,
+) -> None:
     """Verify the finished dialogues of a shard in place: verdicts on each row, judge calls
     added to the dialogue's call records (so accounting and the cache see them). Dialogues
-    already verified on the event loop (`averify_outcome`) are left as they are."""
-    done = [o for o in outcomes if o.dialogue is not None and not o.verified]
+    already verified on the event loop (`averify_outcome`), or verified by an earlier run
+    (`verdicts`), are not verified again."""
+    done = [
+        o
+        for o in outcomes
+        if o.dialogue is not None and not o.verified and not _recall(o, verdicts)
+    ]
     results = verify_items([_item(o) for o in done], cfg.quality, judge, cfg.run.concurrency)
     for outcome, result in zip(done, results, strict=True):
-        _apply(outcome, result)
+        _apply(outcome, result, verdicts)
 
 
-async def averify_outcome(outcome: Outcome, cfg: MasterConfig, judge: Judge | None) -> None:
+async def averify_outcome(
+    outcome: Outcome,
+    cfg: MasterConfig,
+    judge: Judge | None,
+    verdicts: Verdicts | None = None,
+) -> None:
     """verify_outcomes for one dialogue, in its own task on the simulation's event loop: the
     judge call overlaps the other dialogues' turns instead of waiting for all of them. Same
     checks, same judge request (and cache key and slot), same verdicts."""
-    if outcome.dialogue is None or outcome.verified:
+    if outcome.dialogue is None or outcome.verified or _recall(outcome, verdicts):
         return
     item = _item(outcome)
     checks = _checks(item, cfg.quality)
     judged = await _ajudge_one(judge, item) if judge is not None else None
-    _apply(outcome, _verified(item, cfg.quality, checks, judged))
+    _apply(outcome, _verified(item, cfg.quality, checks, judged), verdicts)
+
+
+def verdict_book(
+    cfg: MasterConfig, store: DialogueStore | None, judge: Judge | None
+) -> Verdicts | None:
+    """Where this run's verdicts are kept: beside the dialogues, salted by what decides them."""
+    if store is None:
+        return None
+    judged = None
+    if judge is not None:
+        settings = cfg.lms.for_role("judge").fingerprint()
+        settings.pop("api_base", None)
+        judged = {"lm": settings, "program": program_version(judge)}
+    return Verdicts(store, Verdicts.salt_for(cfg.quality.model_dump(mode="json"), judged))
 
 
 def quality_reject(dialogue: Dialogue) -> Reject:

@@ -266,3 +266,61 @@ def test_cache_writes_do_not_fault_zlib_state_in_on_every_call() -> None:
     for _ in range(500):
         zlib.compress(key, 1)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 500
+
+
+def _judged(write_config: Callable[..., Path], base_url: str, judge_url: str | None = None):
+    lms = role_lms(base_url)
+    if judge_url is not None:
+        lms["judge"] = {**lms["judge"], "api_base": judge_url}
+    return write_config(lms, sample=6, quality={"judge": True, "hard": []})
+
+
+def test_a_rerun_reads_the_verdicts_instead_of_checking_and_judging_again(
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flows.verify
+
+    config = _judged(write_config, fake_llm.base_url)
+    first = _run(config, embedder, tmp_path / "first").summary
+    checked: list[str] = []
+    real_checks = flows.verify._checks
+
+    def counting(item, q):
+        checked.append(item.key)
+        return real_checks(item, q)
+
+    monkeypatch.setattr(flows.verify, "_checks", counting)
+    fake_llm.reset()
+    # (not a replay of the whole run, which would skip verification for another reason)
+    again = _run(config, embedder, tmp_path / "again", CACHE__REPLAY_RUNS="false").summary
+    assert again["run_cache"] == "off"
+    assert checked == [] and fake_llm.request_count == 0
+    assert again["quality"] == first["quality"]
+    assert again["lm"]["by_role"]["judge"]["cache_hits"] == first["lm"]["by_role"]["judge"]["calls"]
+    assert pl.read_parquet(tmp_path / "again" / "dataset.parquet").equals(
+        pl.read_parquet(tmp_path / "first" / "dataset.parquet")
+    )
+    # another quality setting is another verdict: checked again, the judge's call still cached
+    stricter = _run(config, embedder, tmp_path / "stricter", QUALITY__JUDGE_MIN_SCORE="5")
+    assert len(checked) == sum(first["dialogues"].values()) and fake_llm.request_count == 0
+    assert stricter.summary["lm"]["calls"] == 0
+
+
+def test_a_verdict_the_judge_could_not_reach_is_not_kept(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    with FakeLLMServer(status_override=400) as broken:
+        first = _run(_judged(write_config, fake_llm.base_url, broken.base_url), embedder,
+                     tmp_path / "first").summary  # fmt: skip
+    assert first["lm"]["by_role"]["judge"]["calls"] == 0
+    rows = pl.read_parquet(tmp_path / "first" / "dataset.parquet")
+    reasons = [q["checks"]["judge"]["reason"] for q in rows["quality"].to_list()]
+    assert reasons and all("the judge could not answer" in r for r in reasons)
+    fake_llm.reset()
+    second = _run(_judged(write_config, fake_llm.base_url), embedder, tmp_path / "second").summary
+    dialogues = sum(second["dialogues"].values())
+    assert fake_llm.count_by_model() == {"judge-model": dialogues} and dialogues > 0

@@ -129,6 +129,8 @@ def test_augment_flow_on_a_dask_cluster(
         role_lms(fake_llm.base_url),
         sample=6,
         run={"shard_size": 2, "task_runner": "dask", "dask_address": dask_cluster},
+        # the rerun must reach the workers' dialogue cache, not replay the stored run
+        cache={"dir": str(tmp_path / "cache"), "replay_runs": False},
     )
     first, second = tmp_path / "first", tmp_path / "second"
     with prefect_test_harness(server_startup_timeout=120), Client(dask_cluster) as client:

@@ -38,7 +38,13 @@ def test_augment_flow_writes_outputs_and_artifacts(
     summary = augment(config_path=str(config), out=str(out))
     assert summary["lm"]["calls"] == fake_llm.request_count > 0
     assert json.loads((out / "summary.json").read_text())["dialogues"] == summary["dialogues"]
-    assert sum(summary["dialogues"].values()) == 6
+    assert sum(summary["dialogues"].values()) == 6 and summary["run_cache"] == "stored"
+    calls = fake_llm.request_count
+    again = augment(config_path=str(config), out=str(tmp_path / "again"))
+    assert again["run_cache"] == "hit" and fake_llm.request_count == calls
+    assert (tmp_path / "again" / "dataset.jsonl").read_bytes() == (
+        out / "dataset.jsonl"
+    ).read_bytes()
 
     async def artifact_keys() -> set[str]:
         async with get_client() as client:

@@ -77,15 +77,19 @@ def test_cache_stats_and_prune(
     summary = run_pipeline(cfg, tmp_path / "out", embedder=embedder).summary
     stats = cache_stats(cfg.cache.dir)
     assert stats["calls"]["entries"] == summary["lm"]["calls"]
-    assert stats["dialogues"]["entries"] == 6
+    assert stats["dialogues"]["entries"] == 6 and stats["verdicts"]["entries"] == 6
+    assert stats["runs"]["entries"] == 1
     assert sum(stats["calls"]["by_role"].values()) == stats["calls"]["entries"]
 
-    assert prune(cfg.cache.dir, unused=True) == {"calls": 0, "slots": 0, "dialogues": 0}
+    kept = prune(cfg.cache.dir, unused=True)
+    assert kept == {"calls": 0, "slots": 0, "dialogues": 0, "verdicts": 0, "runs": 0}
 
     edited = TeacherCritique.with_instructions("Critique briefly.")
     monkeypatch.setattr(modules.error_correction, "TeacherCritique", edited)
     removed = prune(cfg.cache.dir, unused=True)
     assert removed["calls"] == 2 and removed["dialogues"] == 2  # the two old teacher turns
+    assert removed["verdicts"] == 2  # and the verdicts on those dialogues
 
-    assert prune(cfg.cache.dir, older_than_days=0)["calls"] == stats["calls"]["entries"] - 2
+    aged = prune(cfg.cache.dir, older_than_days=0)
+    assert aged["calls"] == stats["calls"]["entries"] - 2 and aged["runs"] == 1
     assert cache_stats(cfg.cache.dir)["calls"]["entries"] == 0
