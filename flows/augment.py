@@ -46,7 +46,7 @@ from flows.run import (
 )
 from flows.run_cache import run_key
 from flows.seeds import LoadResult, load_seeds
-from flows.simulate import Outcome
+from flows.simulate import STOP, Outcome
 from modules.budget import CallBudget
 from modules.lm import check_keys
 
@@ -179,6 +179,23 @@ def submit_shards(
         progress=0.0, key="augment-progress", description="seeds simulated and verified"
     )
     results: dict[int, list[Outcome]] = {}
+    STOP.clear()
+    try:
+        _collect(futures, index, results, total, progress)
+    except BaseException:
+        STOP.set()  # cancelled (or failing): the shards still running stop at once
+        raise
+    return [o for i in range(len(futures)) for o in results[i]]
+
+
+def _collect(
+    futures: list[Any],
+    index: dict[Any, int],
+    results: dict[int, list[Outcome]],
+    total: int,
+    progress: Any,
+) -> None:
+    """Gather the shards' outcomes as they finish, logging progress and updating its artifact."""
     done = calls = hits = 0
     start = time.monotonic()
     for future in as_completed(futures):
@@ -195,7 +212,6 @@ def submit_shards(
             "%d/%d seeds done, %d LM calls, %d cache hits, eta %.0f s",
             done, total, calls, hits, eta,
         )  # fmt: skip
-    return [o for i in range(len(futures)) for o in results[i]]
 
 
 @flow(name="simulate-shards")
@@ -211,7 +227,7 @@ def on_cluster(cfg: MasterConfig) -> MasterConfig:
     return cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"dir": cache_dir})})
 
 
-@flow(name="augment", log_prints=True)
+@flow(name="augment")  # log_prints would log what libraries print (dill prints bytecode)
 def augment(
     config_path: str | None = None,
     profile: str | None = None,

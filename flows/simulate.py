@@ -171,6 +171,20 @@ def _store(
     return finished(job, turns, calls, cfg, versions, stamps)
 
 
+#: Set when the run is being stopped from outside the simulation's thread (a Prefect flow run
+#: cancelled: its engine raises in the main thread while shards run in task threads). Shards
+#: then cancel their in-flight dialogues at once instead of running to the end; every call
+#: and dialogue finished so far is already in the cache.
+STOP = threading.Event()
+
+
+async def _cancel_on_stop(tasks: list[asyncio.Task[None]]) -> None:
+    while not STOP.is_set():
+        await asyncio.sleep(0.25)
+    for task in tasks:
+        task.cancel()
+
+
 class Breaker:
     """Stops dispatching when failures persist (a server down, every call rate-limited for
     minutes): `limit` dialogues failing in a row, with retries spent, trip it. The dialogues
@@ -328,7 +342,12 @@ def simulate(
                 # globally, each with the whole prompt: about 0.9 GB at 10,000 seeds, and CPU
                 # per call to build them. Prompts, requests and cache keys are unaffected.
                 with dspy.context(disable_history=True):
-                    await asyncio.gather(*(work(queue) for _ in range(workers)))
+                    tasks = [asyncio.ensure_future(work(queue)) for _ in range(workers)]
+                    watcher = asyncio.ensure_future(_cancel_on_stop(tasks))
+                    try:
+                        await asyncio.gather(*tasks)
+                    finally:
+                        watcher.cancel()
             finally:
                 await close_loop_sessions()
 

@@ -125,3 +125,12 @@ def run_cli(
 @pytest.fixture
 def embedder() -> Callable[[Sequence[str]], np.ndarray]:
     return hashing_embedder
+
+
+def finished_calls(cache_dir: Path) -> int:
+    """LM calls stored in a call cache (slot index entries left out): the calls a run that
+    was stopped had finished."""
+    import diskcache
+
+    with diskcache.Cache(str(cache_dir), disk=diskcache.JSONDisk) as cache:
+        return sum(1 for key in cache.iterkeys() if not str(key).startswith("slot:"))

@@ -11,13 +11,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import diskcache
 import polars as pl
 import pytest
 
 import modules.debate
 import modules.error_correction
-from conftest import PROJECT, role_lms, run_cli
+from conftest import PROJECT, finished_calls, role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.config import load_config
 from flows.run import run_pipeline
@@ -121,11 +120,6 @@ def _cli_run(config: Path, out: Path) -> subprocess.Popen[str]:
     )
 
 
-def _finished_calls(cache_dir: Path) -> int:
-    with diskcache.Cache(str(cache_dir), disk=diskcache.JSONDisk) as cache:
-        return sum(1 for key in cache.iterkeys() if not str(key).startswith("slot:"))
-
-
 def test_a_killed_run_resumes_with_only_the_unfinished_calls(
     write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -135,7 +129,7 @@ def test_a_killed_run_resumes_with_only_the_unfinished_calls(
         assert server.wait_for_requests(8, timeout=180)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        finished = _finished_calls(tmp_path / "cache")
+        finished = finished_calls(tmp_path / "cache")
         assert not (tmp_path / "out" / "summary.json").exists()
         server.reset()
         proc = _cli_run(config, tmp_path / "out")
@@ -211,7 +205,7 @@ def test_ctrl_c_keeps_finished_calls_and_the_rerun_makes_only_the_rest(
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
         assert "finished LM calls are kept" in (proc.stderr.read() if proc.stderr else "")
-        finished = _finished_calls(tmp_path / "cache")
+        finished = finished_calls(tmp_path / "cache")
         server.reset()
         proc = _cli_run(config, tmp_path / "out")
         assert proc.wait(timeout=300) == 0

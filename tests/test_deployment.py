@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import PROJECT, role_lms
+from conftest import PROJECT, finished_calls, role_lms
 from fake_llm import FakeLLMServer
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -191,6 +191,44 @@ def test_deployment_runs_on_a_worker(
         assert sum(summary["dialogues"].values()) == 6, summary["dialogues"]
         assert summary["lm"]["calls"] == fake_llm.request_count > 0
         # the flow checks the key variable first: COMPLETED means the worker's run had it
+
+        # cancelled half-way (`prefect flow-run cancel`, the worker ends the run's process):
+        # every finished call is kept, and the next run makes only the calls that were not
+        with FakeLLMServer(latency=1.0) as slow:  # about 30 calls, 2 at a time: 15 s
+            cancel_config = write_config(
+                role_lms(slow.base_url, key_env="MASTER_CANARY_KEY"),
+                sample=9,
+                run={"concurrency": 2},
+                cache={"dir": str(tmp_path / "cancel-cache")},
+            )
+            params = {"config_path": str(cancel_config), "out": str(tmp_path / "cancel-out")}
+            started = cli("deployment", "run", "augment/adhoc", "--params", json.dumps(params))
+            cancel_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)  # type: ignore[union-attr]
+            assert slow.wait_for_requests(4, timeout=RUN_TIMEOUT), _tail(logs / "worker.log")
+            cli("flow-run", "cancel", cancel_id)
+            deadline = time.monotonic() + 120
+            with httpx.Client(base_url=api, timeout=30) as client:
+                while (state := client.get(f"/flow_runs/{cancel_id}").json()["state"])[
+                    "type"
+                ] != "CANCELLED":
+                    assert time.monotonic() < deadline, f"not cancelled: {state}"
+                    time.sleep(1)
+            finished = finished_calls(tmp_path / "cancel-cache")
+            slow.reset()
+            slow.latency = 0.0
+            watch = ("--watch", "--watch-interval", "2", "--watch-timeout", str(RUN_TIMEOUT))
+            rerun = cli("deployment", "run", "augment/adhoc", "--params", json.dumps(params),
+                        *watch, timeout=RUN_TIMEOUT + 60)  # fmt: skip
+            rerun_id = re.search(r"UUID:\s*([0-9a-f-]{36})", rerun).group(1)  # type: ignore[union-attr]
+            with httpx.Client(base_url=api, timeout=30) as client:
+                assert client.get(f"/flow_runs/{rerun_id}").json()["state"]["type"] == "COMPLETED"
+            resumed = slow.request_count
+        total = finished_calls(tmp_path / "cancel-cache")
+        assert 0 < finished < total and resumed == total - finished, (finished, resumed, total)
+        assert (
+            json.loads((tmp_path / "cancel-out" / "summary.json").read_text())["lm"]["cache_hits"]
+            >= finished
+        )
 
         # the key never reaches a file the run, the server or the worker wrote, nor the
         # server's stored parameters, logs and artifacts

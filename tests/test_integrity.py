@@ -30,22 +30,30 @@ def _drop_dialogues(cache_dir: Path) -> None:
 def test_tampered_damaged_and_moved_entries_are_recomputed(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
 ) -> None:
-    config = write_config(role_lms(fake_llm.base_url), sample=6)
-    cfg = load_config(config, environ={})
+    # the per-entry caches are under test: no replay of the whole run
     cache = tmp_path / "cache"
+    config = write_config(
+        role_lms(fake_llm.base_url), sample=6, cache={"dir": str(cache), "replay_runs": False}
+    )
+    cfg = load_config(config, environ={})
     run_pipeline(cfg, tmp_path / "first", embedder=embedder)
     original = (tmp_path / "first" / "dataset.jsonl").read_bytes()
+    with_verdicts = (tmp_path / "first" / "dataset.parquet").read_bytes()
 
-    # 1. every whole-dialogue entry edited by hand (checksum left as it was)
+    # 1. every whole-dialogue entry and every stored verdict edited by hand (checksum kept)
     with diskcache.Cache(str(cache / "dialogues"), disk=diskcache.JSONDisk) as store:
         for key in list(store.iterkeys()):
             value = store.get(key)
-            value["body"]["turns"][-1]["text"] = "I was edited."
+            if str(key).startswith("verdict:"):
+                value["body"]["quality"]["judge_score"] = 5
+            else:
+                value["body"]["turns"][-1]["text"] = "I was edited."
             store.set(key, value)
     fake_llm.reset()
     run_pipeline(cfg, tmp_path / "second", embedder=embedder)
     assert fake_llm.request_count == 0  # re-simulated from the intact call cache
     assert (tmp_path / "second" / "dataset.jsonl").read_bytes() == original
+    assert (tmp_path / "second" / "dataset.parquet").read_bytes() == with_verdicts
 
     # 2. one call's answer edited, one moved under another key, one damaged on disk
     keys = _call_keys(cache)
