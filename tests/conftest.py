@@ -134,3 +134,32 @@ def finished_calls(cache_dir: Path) -> int:
 
     with diskcache.Cache(str(cache_dir), disk=diskcache.JSONDisk) as cache:
         return sum(1 for key in cache.iterkeys() if not str(key).startswith("slot:"))
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGTERM a child started with start_new_session, then SIGKILL what is left of its
+    process group (the group may outlive its leader: a Dask nanny's worker, a Prefect
+    worker's flow-run process)."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The end of a child's log, for assertion messages."""
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return "\n".join(text.splitlines()[-lines:])

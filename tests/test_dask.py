@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import hashing_embedder, role_lms
+from conftest import hashing_embedder, log_tail, role_lms, stop_group
 from fake_llm import FakeLLMServer
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -32,30 +31,6 @@ def _start(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
         )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's process group, then SIGKILL what is left after 15 s."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # the group may outlive its leader (a nanny's worker)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    text = path.read_text(errors="replace") if path.exists() else "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @pytest.fixture
@@ -78,9 +53,9 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():
-            assert procs[0].poll() is None, f"scheduler exited:\n{_tail(logs / 'scheduler.log')}"
+            assert procs[0].poll() is None, f"scheduler exited:\n{log_tail(logs / 'scheduler.log')}"
             assert time.monotonic() < deadline, (
-                f"no scheduler file after {START_TIMEOUT}s:\n{_tail(logs / 'scheduler.log')}"
+                f"no scheduler file after {START_TIMEOUT}s:\n{log_tail(logs / 'scheduler.log')}"
             )
             time.sleep(0.2)
         time.sleep(0.2)  # the file is written whole, but give a partial write a moment
@@ -103,12 +78,12 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
             except TimeoutError:
                 pytest.fail(
                     "two Dask workers did not join in time:\n"
-                    + "\n".join(_tail(logs / f"worker{i}.log") for i in range(2))
+                    + "\n".join(log_tail(logs / f"worker{i}.log") for i in range(2))
                 )
         yield address
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_group(proc)
 
 
 def test_augment_flow_on_a_dask_cluster(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import PROJECT, finished_calls, role_lms
+from conftest import PROJECT, finished_calls, log_tail, role_lms, stop_group
 from fake_llm import FakeLLMServer
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -35,28 +34,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(errors="replace") if path.exists() else "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, SIGKILL it after 20 s; the group outlives a dead leader."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 CANARY = "sk-canary-deploy-5e1f0a9b7c3d"
@@ -116,7 +93,7 @@ def test_deployment_runs_on_a_worker(
         assert done.returncode == 0, (
             f"`prefect {' '.join(args)}` exited {done.returncode}:\n"
             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n"
-            f"--- worker log ---\n{_tail(logs / 'worker.log')}"
+            f"--- worker log ---\n{log_tail(logs / 'worker.log')}"
         )
         return done.stdout
 
@@ -128,14 +105,14 @@ def test_deployment_runs_on_a_worker(
         )
         deadline = time.monotonic() + SERVER_TIMEOUT
         while True:
-            assert server.poll() is None, f"server exited:\n{_tail(logs / 'server.log')}"
+            assert server.poll() is None, f"server exited:\n{log_tail(logs / 'server.log')}"
             try:
                 if httpx.get(f"{api}/health", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, (
-                f"server not healthy in {SERVER_TIMEOUT}s:\n{_tail(logs / 'server.log')}"
+                f"server not healthy in {SERVER_TIMEOUT}s:\n{log_tail(logs / 'server.log')}"
             )
             time.sleep(0.5)
 
@@ -166,7 +143,7 @@ def test_deployment_runs_on_a_worker(
             str(RUN_TIMEOUT),
             timeout=RUN_TIMEOUT + 60,
         )
-        assert worker.poll() is None, f"worker exited:\n{_tail(logs / 'worker.log')}"
+        assert worker.poll() is None, f"worker exited:\n{log_tail(logs / 'worker.log')}"
         match = re.search(r"UUID:\s*([0-9a-f-]{36})", ran)
         assert match, f"no flow run id in:\n{ran}"
         run_id = match.group(1)
@@ -175,7 +152,7 @@ def test_deployment_runs_on_a_worker(
             state = client.get(f"/flow_runs/{run_id}").json()["state"]
             assert state["type"] == "COMPLETED", (
                 f"flow run {run_id} ended {state['type']}: {state.get('message')}\n"
-                f"--- worker log ---\n{_tail(logs / 'worker.log')}"
+                f"--- worker log ---\n{log_tail(logs / 'worker.log')}"
             )
             found = client.post(
                 "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
@@ -204,7 +181,7 @@ def test_deployment_runs_on_a_worker(
             params = {"config_path": str(cancel_config), "out": str(tmp_path / "cancel-out")}
             started = cli("deployment", "run", "augment/adhoc", "--params", json.dumps(params))
             cancel_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)  # type: ignore[union-attr]
-            assert slow.wait_for_requests(4, timeout=RUN_TIMEOUT), _tail(logs / "worker.log")
+            assert slow.wait_for_requests(4, timeout=RUN_TIMEOUT), log_tail(logs / "worker.log")
             cli("flow-run", "cancel", cancel_id)
             deadline = time.monotonic() + 120
             with httpx.Client(base_url=api, timeout=30) as client:
@@ -246,4 +223,4 @@ def test_deployment_runs_on_a_worker(
             assert CANARY.encode() not in path.read_bytes(), path
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_group(proc)
