@@ -21,12 +21,12 @@ from flows.config import SCENARIOS, ConfigError
 from flows.dialogue_cache import VERDICT
 from flows.programs import list_versions, load_version
 from flows.simulate import build_programs, program_version
-from modules.callcache import canonical_json
+from modules.callcache import SafeJSONDisk, canonical_json
 from signatures import JudgeDialogue
 
 
 def _open(path: Path) -> diskcache.Cache:
-    return diskcache.Cache(str(path), disk=diskcache.JSONDisk)
+    return diskcache.Cache(str(path), disk=SafeJSONDisk)
 
 
 def _get(store: diskcache.Cache, key: Any) -> Any:

@@ -19,7 +19,7 @@ import diskcache
 
 from flows.code_version import source_fingerprint
 from flows.jobs import ROLES_BY_SCENARIO, Job
-from modules.callcache import CallRecord, canonical_json, read_checked, seal
+from modules.callcache import CallRecord, SafeJSONDisk, canonical_json, read_checked, seal
 from modules.settings import RoleLMs
 
 DIALOGUE_FORMAT = 2  # 2: values sealed with a checksum
@@ -64,7 +64,7 @@ def _stored(calls: list[CallRecord]) -> list[dict[str, Any]]:
 class DialogueStore:
     def __init__(self, directory: str | Path) -> None:
         self.cache = diskcache.Cache(
-            str(Path(directory) / "dialogues"), disk=diskcache.JSONDisk, cull_limit=0
+            str(Path(directory) / "dialogues"), disk=SafeJSONDisk, cull_limit=0
         )  # no eviction check per write: see modules/callcache.py CallStore
 
     def get(self, key: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ import diskcache
 import numpy as np
 
 from flows.records import Seed
+from modules.callcache import SafeJSONDisk, read_value
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -71,9 +72,9 @@ def cached_embedder(embed: Embedder, directory: str | Path) -> Embedder:
     def cached(texts: Sequence[str]) -> np.ndarray:
         keys = [key(t) for t in texts]
         found: dict[str, np.ndarray] = {}
-        with diskcache.Cache(str(store), disk=diskcache.JSONDisk, cull_limit=0) as cache:
+        with diskcache.Cache(str(store), disk=SafeJSONDisk, cull_limit=0) as cache:
             for k in set(keys):
-                value = cache.get(k)
+                value = read_value(cache, k)
                 if isinstance(value, str):
                     try:
                         found[k] = np.frombuffer(base64.b64decode(value), dtype=np.float32)
@@ -147,14 +148,14 @@ class RetrievalMemory:
     """Which similar question each analogy seed got, remembered across runs (JSON values)."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.cache = diskcache.Cache(str(Path(directory) / "retrieval"), disk=diskcache.JSONDisk)
+        self.cache = diskcache.Cache(str(Path(directory) / "retrieval"), disk=SafeJSONDisk)
 
     def recall(self, queries: Sequence[Seed], pool: Sequence[Seed]) -> dict[str, Match | None]:
         by_id = {s.id: s for s in pool}
         query_ids = {q.id for q in queries}
         found: dict[str, Match | None] = {}
         for query in queries:
-            entry = self.cache.get(query.id)
+            entry = read_value(self.cache, query.id)
             if not isinstance(entry, dict):
                 continue
             partner = by_id.get(str(entry.get("similar")))

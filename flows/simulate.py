@@ -66,41 +66,27 @@ def program_version(program: dspy.Module) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
-def run_program(program: dspy.Module, job: Job) -> list[dict[str, Any]]:
+def program_inputs(job: Job) -> dict[str, Any]:
+    """What a job's scenario program is called with."""
     seed = job.seed
+    inputs: dict[str, Any] = {"question": seed.question, "reference": seed.reference}
     if job.scenario == "debate":
-        return program(question=seed.question, reference=seed.reference, rounds=job.rounds).turns
-    if job.scenario == "analogy":
+        inputs["rounds"] = job.rounds
+    elif job.scenario == "analogy":
         if job.similar is None:
             raise LookupError("no similar question of the same domain in the retrieval pool")
-        return program(
-            question=seed.question,
-            reference=seed.reference,
-            similar_question=job.similar.question,
-            similar_reference=job.similar.reference,
-        ).turns
-    return program(question=seed.question, reference=seed.reference).turns
+        inputs["similar_question"] = job.similar.question
+        inputs["similar_reference"] = job.similar.reference
+    return inputs
+
+
+def run_program(program: dspy.Module, job: Job) -> list[dict[str, Any]]:
+    return program(**program_inputs(job)).turns
 
 
 async def arun_program(program: dspy.Module, job: Job) -> list[dict[str, Any]]:
     """run_program on the event loop."""
-    seed = job.seed
-    if job.scenario == "debate":
-        prediction = await program.acall(
-            question=seed.question, reference=seed.reference, rounds=job.rounds
-        )
-    elif job.scenario == "analogy":
-        if job.similar is None:
-            raise LookupError("no similar question of the same domain in the retrieval pool")
-        prediction = await program.acall(
-            question=seed.question,
-            reference=seed.reference,
-            similar_question=job.similar.question,
-            similar_reference=job.similar.reference,
-        )
-    else:
-        prediction = await program.acall(question=seed.question, reference=seed.reference)
-    return prediction.turns
+    return (await program.acall(**program_inputs(job))).turns
 
 
 def _error_reason(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ prompt is a DSPy Signature (so optimizers can rewrite it) and the model is the r
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import dspy
@@ -90,3 +91,34 @@ def transcript(turns: list[dict[str, Any]]) -> str:
     return "\n\n".join(
         f"{SPEAKER_LABELS.get(t['speaker'], t['speaker'].title())}: {t['text']}" for t in turns
     )
+
+
+#: A scenario's turns written once: it yields (agent, inputs) for each model turn, is sent the
+#: turn back, and returns the dialogue's turns.
+Script = Generator[tuple[Agent, dict[str, Any]], dict[str, Any], list[dict[str, Any]]]
+
+
+class Scripted(dspy.Module):
+    """A scenario program whose `script` is played by both `forward` and `aforward`, so the
+    threaded and the event-loop paths can never drift apart (same turns, same requests)."""
+
+    def script(self, **inputs: Any) -> Script:
+        raise NotImplementedError
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        play = self.script(**inputs)
+        try:
+            agent, kwargs = next(play)
+            while True:
+                agent, kwargs = play.send(agent(**kwargs))
+        except StopIteration as done:
+            return dspy.Prediction(turns=done.value)
+
+    async def aforward(self, **inputs: Any) -> dspy.Prediction:
+        play = self.script(**inputs)
+        try:
+            agent, kwargs = next(play)
+            while True:
+                agent, kwargs = play.send(await agent.acall(**kwargs))
+        except StopIteration as done:
+            return dspy.Prediction(turns=done.value)

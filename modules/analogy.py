@@ -7,13 +7,13 @@ from collections.abc import Mapping
 
 import dspy
 
-from modules.agents import Agent, fixed_turn, transcript
+from modules.agents import Agent, Script, Scripted, fixed_turn, transcript
 from signatures import AnalogyStudentSolution, AnalogyTeacherExplanation
 
 TRANSITION = "Good job, please take a look at this similar question."
 
 
-class Analogy(dspy.Module):
+class Analogy(Scripted):
     def __init__(self, lms: Mapping[str, dspy.LM] | None = None) -> None:
         super().__init__()
         lms = lms or {}
@@ -21,48 +21,22 @@ class Analogy(dspy.Module):
         # One Signature for both solutions: the paper's first and analogous prompts are the same.
         self.student = Agent(AnalogyStudentSolution, "strong", "strong_student", lms.get("strong"))
 
-    def forward(
+    def script(
         self,
         question: str,
         reference: str,
         similar_question: str,
         similar_reference: str = "",
-    ) -> dspy.Prediction:
+    ) -> Script:
         turns = [fixed_turn("question", question)]
-        turns.append(self.teacher(question=question, reference=reference))
-        turns.append(
-            self.student(question=question, reference=reference, dialogue=transcript(turns))
-        )
+        turns.append((yield self.teacher, {"question": question, "reference": reference}))
+        solve = {"question": question, "reference": reference, "dialogue": transcript(turns)}
+        turns.append((yield self.student, solve))
         turns.append(fixed_turn("teacher", f"{TRANSITION}\n\n{similar_question}"))
-        turns.append(
-            self.student(
-                question=similar_question,
-                reference=similar_reference or "(not given)",
-                dialogue=transcript(turns),
-            )
-        )
-        return dspy.Prediction(turns=turns)
-
-    async def aforward(
-        self,
-        question: str,
-        reference: str,
-        similar_question: str,
-        similar_reference: str = "",
-    ) -> dspy.Prediction:
-        turns = [fixed_turn("question", question)]
-        turns.append(await self.teacher.acall(question=question, reference=reference))
-        turns.append(
-            await self.student.acall(
-                question=question, reference=reference, dialogue=transcript(turns)
-            )
-        )
-        turns.append(fixed_turn("teacher", f"{TRANSITION}\n\n{similar_question}"))
-        turns.append(
-            await self.student.acall(
-                question=similar_question,
-                reference=similar_reference or "(not given)",
-                dialogue=transcript(turns),
-            )
-        )
-        return dspy.Prediction(turns=turns)
+        solve_similar = {
+            "question": similar_question,
+            "reference": similar_reference or "(not given)",
+            "dialogue": transcript(turns),
+        }
+        turns.append((yield self.student, solve_similar))
+        return turns

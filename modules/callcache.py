@@ -140,19 +140,41 @@ def seal(key: str, body: Any) -> str:
     return hashlib.sha256(f"{key}\x1f{canonical_json(body)}".encode()).hexdigest()[:32]
 
 
-def read_checked(cache: diskcache.Cache, key: str, field: str) -> dict[str, Any] | None:
-    """A cache value, or None if it is missing, unreadable or fails its checksum.
-
-    Values are JSON (JSONDisk), never pickles: reading one never runs code. A value that
-    cannot be decompressed or parsed is dropped so the next write replaces it."""
+def read_value(cache: diskcache.Cache, key: Any) -> Any:
+    """A cache value, or None if it is missing or unreadable (then it is dropped, so the next
+    write replaces it). Values are JSON (SafeJSONDisk): reading one never runs code."""
     try:
-        value = cache.get(key)
+        return cache.get(key)
     except (zlib.error, ValueError, UnicodeDecodeError, OSError):
         cache.delete(key)
         return None
+
+
+def read_checked(cache: diskcache.Cache, key: str, field: str) -> dict[str, Any] | None:
+    """A cache value, or None if it is missing, unreadable or fails its checksum."""
+    value = read_value(cache, key)
     if not isinstance(value, dict) or value.get("check") != seal(key, value.get(field)):
         return None
     return value
+
+
+class SafeJSONDisk(diskcache.JSONDisk):
+    """JSONDisk that never unpickles anything. diskcache keeps a mode and a raw flag beside
+    each row, and its base Disk unpickles rows marked as pickles: a row edited in the SQLite
+    file (a shared cache folder is writable by others) would run code on read. We never
+    store pickles, so a row claiming to be one is refused as damaged."""
+
+    REFUSED_KEY = "!refused: a key stored as a pickle"
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            return self.REFUSED_KEY  # listed as unknown, never unpickled
+        return super().get(key, raw)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise ValueError("a cache value stored as a pickle: refused")
+        return super().fetch(mode, filename, value, read)
 
 
 class CallStore:
@@ -163,7 +185,7 @@ class CallStore:
         # cull_limit=0: no eviction check on every write. It halves the CPU of a write (the
         # check costs two more queries), and LM results are never dropped silently when the
         # store passes diskcache's default 1 GB size limit; `master cache` manages the size.
-        self.cache = diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk, cull_limit=0)
+        self.cache = diskcache.Cache(str(self.directory), disk=SafeJSONDisk, cull_limit=0)
 
     def get(self, key: str) -> dict[str, Any] | None:
         value = read_checked(self.cache, key, "response")

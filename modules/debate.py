@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 import dspy
 
-from modules.agents import Agent, fixed_turn, transcript
+from modules.agents import Agent, Script, Scripted, fixed_turn, transcript
 from signatures import DebaterTurn, DebateSummary
 
 
-class Debate(dspy.Module):
+class Debate(Scripted):
     def __init__(self, lms: Mapping[str, dspy.LM] | None = None) -> None:
         super().__init__()
         lms = lms or {}
@@ -20,23 +20,7 @@ class Debate(dspy.Module):
         self.student_b = Agent(DebaterTurn, "peer", "student_b", lms.get("peer"))
         self.student_c = Agent(DebateSummary, "strong", "student_c", lms.get("strong"))
 
-    def forward(self, question: str, reference: str, rounds: int = 1) -> dspy.Prediction:
-        if rounds not in (1, 2):
-            raise ValueError("a debate has 1 or 2 rounds")
-        turns = [fixed_turn("question", question)]
-        debate: list[dict] = []
-        for _ in range(rounds):
-            for name, agent in (("Student A", self.student_a), ("Student B", self.student_b)):
-                so_far = transcript(debate) or "(nobody has spoken yet)"
-                turn = agent(student_name=name, question=question, dialogue=so_far)
-                debate.append(turn)
-        turns += debate
-        turns.append(
-            self.student_c(question=question, reference=reference, dialogue=transcript(debate))
-        )
-        return dspy.Prediction(turns=turns)
-
-    async def aforward(self, question: str, reference: str, rounds: int = 1) -> dspy.Prediction:
+    def script(self, question: str, reference: str, rounds: int = 1) -> Script:
         if rounds not in (1, 2):
             raise ValueError("a debate has 1 or 2 rounds")
         turns = [fixed_turn("question", question)]
@@ -45,12 +29,7 @@ class Debate(dspy.Module):
             for name, agent in (("Student A", self.student_a), ("Student B", self.student_b)):
                 so_far = transcript(debate) or "(nobody has spoken yet)"
                 debate.append(
-                    await agent.acall(student_name=name, question=question, dialogue=so_far)
+                    (yield agent, {"student_name": name, "question": question, "dialogue": so_far})
                 )
-        turns += debate
-        turns.append(
-            await self.student_c.acall(
-                question=question, reference=reference, dialogue=transcript(debate)
-            )
-        )
-        return dspy.Prediction(turns=turns)
+        summary = {"question": question, "reference": reference, "dialogue": transcript(debate)}
+        return [*turns, *debate, (yield self.student_c, summary)]

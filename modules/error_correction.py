@@ -8,11 +8,11 @@ from collections.abc import Mapping
 
 import dspy
 
-from modules.agents import Agent, fixed_turn, transcript
+from modules.agents import Agent, Script, Scripted, fixed_turn, transcript
 from signatures import StrongStudentRevision, TeacherCritique, WeakStudentAnswer
 
 
-class ErrorCorrection(dspy.Module):
+class ErrorCorrection(Scripted):
     def __init__(self, lms: Mapping[str, dspy.LM] | None = None) -> None:
         super().__init__()
         lms = lms or {}
@@ -22,28 +22,10 @@ class ErrorCorrection(dspy.Module):
             StrongStudentRevision, "strong", "strong_student", lms.get("strong")
         )
 
-    def forward(self, question: str, reference: str) -> dspy.Prediction:
+    def script(self, question: str, reference: str) -> Script:
         turns = [fixed_turn("question", question)]
-        turns.append(self.weak_student(question=question))
-        turns.append(
-            self.teacher(question=question, reference=reference, dialogue=transcript(turns))
-        )
-        turns.append(
-            self.strong_student(question=question, reference=reference, dialogue=transcript(turns))
-        )
-        return dspy.Prediction(turns=turns)
-
-    async def aforward(self, question: str, reference: str) -> dspy.Prediction:
-        turns = [fixed_turn("question", question)]
-        turns.append(await self.weak_student.acall(question=question))
-        turns.append(
-            await self.teacher.acall(
-                question=question, reference=reference, dialogue=transcript(turns)
-            )
-        )
-        turns.append(
-            await self.strong_student.acall(
-                question=question, reference=reference, dialogue=transcript(turns)
-            )
-        )
-        return dspy.Prediction(turns=turns)
+        turns.append((yield self.weak_student, {"question": question}))
+        for agent in (self.teacher, self.strong_student):
+            said = {"question": question, "reference": reference, "dialogue": transcript(turns)}
+            turns.append((yield agent, said))
+        return turns

@@ -4,6 +4,7 @@ or moved entry is detected, discarded and recomputed, and the dataset is unchang
 from __future__ import annotations
 
 import json
+import pickle
 import sqlite3
 import zlib
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import diskcache
 
 from conftest import role_lms
 from fake_llm import FakeLLMServer
+from flows.cache_admin import cache_stats, prune
 from flows.config import load_config
 from flows.run import run_pipeline
 
@@ -78,3 +80,49 @@ def test_tampered_damaged_and_moved_entries_are_recomputed(
     _drop_dialogues(cache)
     run_pipeline(cfg, tmp_path / "fourth", embedder=embedder)
     assert fake_llm.request_count == 0  # and now stored soundly
+
+
+class _Exploit:
+    """A pickle that, once loaded, creates `marker`: what a hostile cache row would carry."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+        return (open, (self.marker, "w"))
+
+
+def test_the_cache_never_unpickles_what_it_reads(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    """Rows edited in the SQLite files to claim they are pickles (diskcache's base Disk would
+    load them) are refused as damaged and recomputed; listing and pruning refuse them too."""
+    cache = tmp_path / "cache"
+    config = write_config(
+        role_lms(fake_llm.base_url), sample=6, cache={"dir": str(cache), "replay_runs": False}
+    )
+    cfg = load_config(config, environ={})
+    first = run_pipeline(cfg, tmp_path / "first", embedder=embedder).summary
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Exploit(str(marker)))
+    stores = [cache, cache / "dialogues", cache / "embeddings", cache / "retrieval"]
+    assert all((store / "cache.db").is_file() for store in stores)
+    for store in stores:
+        db = sqlite3.connect(store / "cache.db")
+        db.execute("UPDATE Cache SET mode = 4, filename = NULL, value = ?", (payload,))
+        db.execute(
+            "INSERT INTO Cache (key, raw, store_time, access_time, size, mode, value)"
+            " VALUES (?, 0, 0, 0, 0, 1, NULL)",
+            (payload,),
+        )
+        db.commit()
+        db.close()
+    fake_llm.reset()
+    second = run_pipeline(cfg, tmp_path / "second", embedder=embedder).summary
+    cache_stats(cache)
+    prune(cache, unused=True)
+    assert not marker.exists()
+    assert fake_llm.request_count == first["lm"]["calls"] == second["lm"]["calls"]
+    assert (tmp_path / "second" / "dataset.jsonl").read_bytes() == (
+        tmp_path / "first" / "dataset.jsonl"
+    ).read_bytes()
