@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -49,6 +50,7 @@ OUTPUTS = (
 )
 LIBRARIES = ("datasets", "polars", "pyarrow", "dspy", "matplotlib")
 UNSETTLED = ("simulate", "budget", "breaker")
+STALE_STAGING_S = 3600
 
 
 def _file_digest(path: Path) -> str:
@@ -214,7 +216,11 @@ class RunStore:
 
     def _prune(self) -> None:
         """Keep the `keep` most recently used entries: a nightly run changes its inputs
-        every night, and last month's outputs are not worth their disk."""
+        every night, and last month's outputs are not worth their disk. Staging folders an
+        hour old were left by a killed run (a live one renames its own within seconds)."""
+        for staging in self.root.glob(".staging.*"):
+            if staging.stat().st_mtime < time.time() - STALE_STAGING_S:
+                shutil.rmtree(staging, ignore_errors=True)
         entries = sorted(
             (p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
             key=lambda p: p.stat().st_mtime,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +114,21 @@ def test_a_run_left_unfinished_is_not_stored(
     assert not list((tmp_path / "cache" / "runs").glob("[0-9a-f]*"))
     finished = _run(config, embedder, tmp_path / "finished")
     assert finished["run_cache"] == "stored" and finished["lm"]["calls"] > 0
+
+
+def test_a_staging_folder_left_by_a_killed_run_is_cleared(
+    config: Path, fake_llm: FakeLLMServer, embedder, tmp_path: Path
+) -> None:
+    runs = tmp_path / "cache" / "runs"
+    left = runs / ".staging.killed"
+    (left / "hf").mkdir(parents=True)
+    (left / "dataset.jsonl").write_text("half written")
+    os.utime(left, (0, 0))
+    fresh = runs / ".staging.live"  # a run storing right now
+    fresh.mkdir()
+    assert _run(config, embedder, tmp_path / "out")["run_cache"] == "stored"
+    assert not left.exists() and fresh.exists()
+    assert len(list(runs.glob("[0-9a-f]*"))) == 1
 
 
 def test_other_code_or_a_smaller_keep_prunes_and_misses(
