@@ -223,6 +223,15 @@ def bench_faults(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64)
     }
 
 
+def _child(*args: str) -> dict:
+    """Run this script with `args` in a fresh process (its own peak memory and imports) and
+    return the figures it prints as JSON on its last line."""
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_growth(seeds: int | None = None) -> dict:
     """Time per seed and peak memory at 1,000 and 10,000 seeds (or only `seeds`), each size in
     a fresh child process (its own peak RSS), against a zero-latency fake server so the figure
@@ -230,14 +239,7 @@ def bench_growth(seeds: int | None = None) -> dict:
     sizes = [seeds] if seeds else [1000, 10_000]
     figures: dict[str, object] = {}
     for n in sizes:
-        out = subprocess.run(
-            [sys.executable, __file__, "--measure-growth", str(n)],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr[-2000:])
-        child = json.loads(out.stdout.strip().splitlines()[-1])
+        child = _child("--measure-growth", str(n))
         for key, value in child.items():
             figures[f"{n}_{key}"] = value
     figures["latency_s"] = 0.0
@@ -379,7 +381,6 @@ def bench_dedupe(seeds: int = 200_000) -> dict:
 
 def bench_load_sharegpt(rows: int = 1_000_000) -> dict:
     """Load a 1,000,000-row ShareGPT JSONL (sample 19,000) in a child; report its peak memory."""
-    import subprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sharegpt.jsonl"
@@ -393,14 +394,7 @@ def bench_load_sharegpt(rows: int = 1_000_000) -> dict:
                 ]
                 fh.write(json.dumps({"conversations": conv}) + "\n")
         size_mb = path.stat().st_size / 1e6
-        out = subprocess.run(
-            [sys.executable, __file__, "--measure-load", str(path)],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr[-2000:])
-        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        figures = _child("--measure-load", str(path))
     return {
         "rows": rows,
         "file_mb": round(size_mb, 1),
@@ -455,17 +449,9 @@ def bench_rerun(seeds: int = 100_000) -> dict:
 
         timed("populate")
         before, start = served(), time.monotonic()
-        child = subprocess.run(
-            [sys.executable, __file__, "--measure-rerun", str(cfg_path), str(Path(tmp) / "cached")],
-            capture_output=True,
-            text=True,
-        )
-        if child.returncode != 0:
-            raise RuntimeError(child.stderr[-2000:])
+        child = _child("--measure-rerun", str(cfg_path), str(Path(tmp) / "cached"))
         figures["cached_process_wall_s"] = round(time.monotonic() - start, 2)
-        figures.update(
-            {f"cached_{k}": v for k, v in json.loads(child.stdout.splitlines()[-1]).items()}
-        )
+        figures.update({f"cached_{k}": v for k, v in child.items()})
         figures["cached_calls"] = served() - before
         same = all(
             (Path(tmp) / "cached" / name).read_bytes()
