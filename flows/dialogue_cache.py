@@ -19,7 +19,15 @@ import diskcache
 
 from flows.code_version import source_fingerprint
 from flows.jobs import ROLES_BY_SCENARIO, Job
-from modules.callcache import CallRecord, SafeJSONDisk, canonical_json, read_checked, seal
+from modules.callcache import (
+    CallRecord,
+    CallStore,
+    GroupCommit,
+    SafeJSONDisk,
+    canonical_json,
+    read_checked,
+    seal,
+)
 from modules.settings import RoleLMs
 
 DIALOGUE_FORMAT = 2  # 2: values sealed with a checksum
@@ -62,10 +70,13 @@ def _stored(calls: list[CallRecord]) -> list[dict[str, Any]]:
 
 
 class DialogueStore:
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, calls: CallStore | None = None) -> None:
+        """`calls`: the run's call store, committed before each batch of dialogues, so a
+        dialogue on disk always has its calls on disk too (see GroupCommit)."""
         self.cache = diskcache.Cache(
             str(Path(directory) / "dialogues"), disk=SafeJSONDisk, cull_limit=0
         )  # no eviction check per write: see modules/callcache.py CallStore
+        self.writes = GroupCommit(self.cache, first=(calls.writes,) if calls else ())
 
     def get(self, key: str) -> dict[str, Any] | None:
         body = self._get(key)
@@ -78,14 +89,16 @@ class DialogueStore:
         self._put(key, {**body, "ts": time.time()})
 
     def _put(self, key: str, body: dict[str, Any]) -> None:
-        self.cache.set(key, {"body": body, "check": seal(key, body)})
+        self.writes.set(key, {"body": body, "check": seal(key, body)})
 
     def _get(self, key: str) -> dict[str, Any] | None:
-        value = read_checked(self.cache, key, "body")
+        pending = self.writes.get(key)
+        value = pending if pending is not None else read_checked(self.cache, key, "body")
         body = value.get("body") if value is not None else None
         return body if isinstance(body, dict) else None
 
     def close(self) -> None:
+        self.writes.flush()
         self.cache.close()
 
 

@@ -21,3 +21,9 @@ class Job:
     scenario: Scenario
     rounds: int = 1
     similar: Seed | None = None
+
+    @property
+    def model_turns(self) -> int:
+        """The model turns its scenario plays (a retried turn aside): a debate speaks twice a
+        round and is then settled, the other scenarios speak three times."""
+        return 2 * self.rounds + 1 if self.scenario == "debate" else 3

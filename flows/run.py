@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,7 @@ def run_shard(
 ) -> list[Outcome]:
     """Simulate and verify one shard of jobs, with its own programs and cache handle."""
     programs, store = open_programs(cfg, jobs, budget)
-    dialogues = DialogueStore(cfg.cache.dir) if cfg.cache.enabled else None
+    dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
     judge = open_judge(cfg, store, budget)
     verdicts = verdict_book(cfg, dialogues, judge)
 
@@ -327,8 +327,8 @@ def _remember(
     cfg: MasterConfig, out: Path, key: str, summary: dict[str, Any], outcomes: list[Outcome]
 ) -> None:
     # what a replay reports: every call this run made or reused, now a cache hit
-    replayed = [replace(r, cached=True) for o in outcomes for r in o.calls]
-    body = {"summary": summary, "lm_replayed": lm_block(replayed, cfg.lms)}
+    calls = (r for o in outcomes for r in o.calls)
+    body = {"summary": summary, "lm_replayed": lm_block(calls, cfg.lms, all_cached=True)}
     try:
         RunStore(cfg.cache.dir, cfg.cache.keep_runs).remember(key, out, body)
     except OSError as exc:  # the outputs are written; only the next run's shortcut is lost

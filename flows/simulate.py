@@ -10,10 +10,12 @@ never parses) becomes a Reject with its reason; the others go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import json
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +264,25 @@ def finished(
     return Outcome(job, dialogue, None, calls)
 
 
+@contextlib.contextmanager
+def quiet_gc(gen0: int = 20_000) -> Iterator[None]:
+    """Fewer, cheaper cyclic-GC passes while dialogues run.
+
+    A run holds hundreds of thousands of long-lived objects (seeds, the retrieval pool, the
+    programs, finished outcomes); every full collection walked all of them, about 10% of the
+    simulation's CPU at 2,000 seeds. What exists when the run starts is frozen (never
+    scanned), and the young generation is collected every `gen0` allocations instead of 700.
+    Memory is unaffected: almost nothing a dialogue allocates is cyclic."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
 def simulate(
     jobs: Iterable[Job],
     programs: Mapping[Scenario, dspy.Module],
@@ -320,7 +341,10 @@ def simulate(
 
         async def main() -> None:
             asyncio.get_running_loop().set_default_executor(InlineDSPyHelpers())
-            queue = todo[::-1]  # popped from the end: jobs start in job order
+            # Popped from the end: the longest dialogues start first, then job order. The
+            # last dialogues in flight are then short ones, so the run's tail (fewer than
+            # run.concurrency dialogues left, the endpoint idling) is as short as it can be.
+            queue = sorted(todo, key=lambda t: (t[1].model_turns, -t[0]))
             try:
                 workers = min(cfg.run.concurrency, len(todo))
                 # No DSPy history entries: nothing in a run reads them (our ledger and cache
@@ -337,7 +361,8 @@ def simulate(
             finally:
                 await close_loop_sessions()
 
-        _run_async(main())
+        with quiet_gc():
+            _run_async(main())
     return outcomes  # type: ignore[return-value]
 
 

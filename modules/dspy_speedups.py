@@ -11,6 +11,7 @@ do not change (tests/test_http_engine.py checks it against DSPy's own function).
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache, partial
 from typing import Any
@@ -65,14 +66,23 @@ _INLINE = {
 
 class InlineDSPyHelpers(ThreadPoolExecutor):
     """A loop's default executor that runs DSPy's per-call helpers inline, on the loop's own
-    thread, and everything else (DNS lookups, the embedded model) in worker threads as usual."""
+    thread, and everything else (DNS lookups, the embedded model) in worker threads as usual.
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+    An inline helper's result comes back as an asyncio future that is already done:
+    ``run_in_executor`` hands such a future over as it is, and awaiting it does not yield, so
+    the call goes on without a trip through the loop (a thread-safe wake-up and two chained
+    futures per helper otherwise)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         target = fn.args[0] if isinstance(fn, partial) and fn.args else fn
         name = (getattr(target, "__module__", None), getattr(target, "__name__", None))
         if name not in _INLINE:
             return super().submit(fn, *args, **kwargs)
-        future: Future[Any] = Future()
+        future: asyncio.Future[Any] | Future[Any]
+        try:
+            future = asyncio.get_running_loop().create_future()
+        except RuntimeError:  # not on a loop's thread: a plain concurrent future
+            future = Future()
         try:
             future.set_result(fn(*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine

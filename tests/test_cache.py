@@ -318,3 +318,64 @@ def test_a_verdict_the_judge_could_not_reach_is_not_kept(
     second = _run(_judged(write_config, fake_llm.base_url), embedder, tmp_path / "second").summary
     dialogues = sum(second["dialogues"].values())
     assert fake_llm.count_by_model() == {"judge-model": dialogues} and dialogues > 0
+
+
+def test_writes_on_a_loop_are_read_at_once_committed_together_and_kept_by_close(
+    tmp_path: Path,
+) -> None:
+    """GroupCommit: one transaction per batch, reads see pending writes, close() commits, and
+    a dialogue batch commits its calls first (so a dialogue on disk has its calls on disk)."""
+    import asyncio
+
+    import diskcache
+
+    from flows.dialogue_cache import DialogueStore
+    from modules.callcache import CallStore
+
+    def on_disk(path: Path) -> set[str]:
+        with diskcache.Cache(str(path), disk=diskcache.JSONDisk) as cache:
+            return {str(k) for k in cache.iterkeys()}
+
+    calls = CallStore(tmp_path / "cache")
+    dialogues = DialogueStore(tmp_path / "cache", calls)
+    value = {"response": {"text": "hi"}, "role": "weak"}
+
+    async def write() -> tuple[set[str], set[str]]:
+        calls.put("call-1", value)
+        dialogues.put("dialogue-1", [{"text": "hi"}], [], "v1")
+        pending = on_disk(tmp_path / "cache"), on_disk(tmp_path / "cache" / "dialogues")
+        assert calls.get("call-1") is not None and dialogues.get("dialogue-1") is not None
+        await asyncio.sleep(calls.writes.delay * 3)  # the timer commits both batches
+        return pending
+
+    pending = asyncio.run(write())
+    assert pending == (set(), set())  # nothing committed while the batch was open
+    assert on_disk(tmp_path / "cache") == {"call-1"}
+    assert on_disk(tmp_path / "cache" / "dialogues") == {"dialogue-1"}
+
+    async def later() -> None:
+        calls.put("call-2", value)
+        dialogues.put("dialogue-2", [{"text": "hi"}], [], "v1")
+
+    asyncio.run(later())
+    dialogues.writes.flush()  # a dialogue batch: its call store first
+    assert "call-2" in on_disk(tmp_path / "cache")
+    calls.put("call-3", value)  # outside a loop: committed before put returns
+    assert "call-3" in on_disk(tmp_path / "cache")
+
+    async def unflushed() -> None:
+        calls.put("call-4", value)
+
+    asyncio.run(unflushed())
+    calls.close()
+    dialogues.close()
+    assert "call-4" in on_disk(tmp_path / "cache")
+    reopened = CallStore(tmp_path / "cache")
+    assert reopened.get("call-4") == calls_value_sealed("call-4", value)
+    reopened.close()
+
+
+def calls_value_sealed(key: str, value: dict) -> dict:
+    from modules.callcache import seal
+
+    return {**value, "check": seal(key, value["response"])}

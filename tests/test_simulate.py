@@ -1,0 +1,58 @@
+"""The simulation loop's scheduling, without any LM: stub programs record what starts when."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from flows.config import load_config
+from flows.jobs import Job
+from flows.records import Seed
+from flows.simulate import simulate
+
+
+class Stub(dspy.Module):
+    """A scenario program that takes a moment per model turn and records when it started."""
+
+    def __init__(self, started: list[str]) -> None:
+        super().__init__()
+        self.started = started
+
+    async def aforward(self, question: str, reference: str, **knobs: Any) -> dspy.Prediction:
+        self.started.append(question)
+        await asyncio.sleep(0.01)
+        return dspy.Prediction(turns=[])
+
+
+def _jobs() -> list[Job]:
+    jobs = []
+    for i in range(6):
+        seed = Seed.create("s", "math", f"q{i}", "r")
+        scenario = "debate" if i % 3 == 2 else "error_correction"
+        jobs.append(Job(seed=seed, scenario=scenario, rounds=2 if i == 5 else 1))
+    return jobs
+
+
+def test_the_longest_dialogues_start_first_and_outcomes_keep_job_order(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "1"})
+    started: list[str] = []
+    stub = Stub(started)
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+    jobs = _jobs()
+    outcomes = simulate(jobs, programs, cfg)  # type: ignore[arg-type]
+    # five model turns (the 2-round debate), then three (job order among equals)
+    assert started == ["q5", "q0", "q1", "q2", "q3", "q4"]
+    assert [o.job.seed.question for o in outcomes] == [f"q{i}" for i in range(6)]
+
+
+def test_the_gc_settings_are_restored_after_a_run() -> None:
+    cfg = load_config(None, environ={})
+    stub = Stub([])
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    simulate(_jobs(), {"error_correction": stub, "debate": stub, "analogy": stub}, cfg)  # type: ignore[arg-type]
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen
