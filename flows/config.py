@@ -169,6 +169,12 @@ class RunConfig(BaseModel):
 
     out: str = "out/run"
     concurrency: int = Field(default=16, gt=0, description="dialogues in flight at once")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="processes simulating on this machine in `master run`, each with "
+        "concurrency/workers dialogues in flight (1 with an embedded model)",
+    )
     shard_size: int = Field(default=1000, gt=0, description="seeds per simulation task")
     task_runner: Literal["thread", "dask"] = Field(
         default="thread", description="where the flow runs its shards: threads, or Dask"

@@ -98,7 +98,7 @@ class DialogueStore:
         return body if isinstance(body, dict) else None
 
     def close(self) -> None:
-        self.writes.flush()
+        self.writes.close()
         self.cache.close()
 
 

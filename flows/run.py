@@ -22,6 +22,7 @@ from flows.checks import pass_rates
 from flows.config import SCENARIOS, MasterConfig
 from flows.dialogue_cache import DialogueStore
 from flows.jobs import ROLES_BY_SCENARIO, Job
+from flows.local_workers import run_forked, worker_count
 from flows.merge import merge_rows
 from flows.output import (
     dataset_rows,
@@ -239,6 +240,17 @@ def run_shard(
             dialogues.close()
 
 
+def run_jobs(jobs: list[Job], cfg: MasterConfig) -> list[Outcome]:
+    """Every job simulated and verified, in this process or over run.workers forked ones
+    (each with an equal share of the budget, as Dask shards have)."""
+    embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
+    workers = worker_count(cfg, len(jobs), embedded)
+    if workers == 1:
+        return run_shard(jobs, cfg, new_budget(cfg))
+    budgets = [new_budget(cfg, 1 / workers) for _ in range(workers)]
+    return run_forked(run_shard, jobs, cfg, budgets)
+
+
 def publish(
     cfg: MasterConfig,
     out: Path,
@@ -394,7 +406,7 @@ def _run_pipeline(
         loaded.contaminated,
     )
     jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
-    outcomes = run_shard(jobs, cfg, new_budget(cfg))
+    outcomes = run_jobs(jobs, cfg)
     summary = publish(cfg, out, loaded, plan_rejects, outcomes, started, key)
     return RunResult(out=out, summary=summary)
 

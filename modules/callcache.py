@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import logging
 import threading
 import time
 import zlib
@@ -180,61 +181,96 @@ class SafeJSONDisk(diskcache.JSONDisk):
 
 
 class GroupCommit:
-    """Writes made on an event loop, held for a moment and committed together.
+    """Writes made on an event loop, committed together by a writer thread.
 
     One SQLite transaction per LM call cost about a third of a millisecond of CPU in the
-    commit alone, on the one thread that also drives every dialogue. Here the writes made on a
-    running loop wait up to `delay` seconds (or `limit` entries) and are committed in one
-    transaction; reads see them at once. A write made outside a loop (threads, the CLI) is
-    committed before it returns, as before. `close()` commits what is pending, so Ctrl-C and
-    a cancelled flow keep every finished call; a kill -9 loses at most the last `delay`
-    seconds, which the next run recomputes (a store is never half-written: each batch is one
-    transaction). `first` are stores committed before this one: a stored dialogue's calls are
-    always on disk before the dialogue is."""
+    commit alone, on the one thread that also drives every dialogue; committing batches on
+    that thread instead stalled the loop for tens of milliseconds at a time, which every
+    dialogue waiting on a response paid. Here a write made on a running loop is handed to a
+    writer thread, which commits what has gathered every `delay` seconds in one transaction
+    (SQLite and zlib let go of the GIL while they work); reads see pending writes at once.
+    A write made outside a loop (threads, the CLI) is committed before it returns, as before.
+
+    `close()` commits what is pending, so Ctrl-C and a cancelled flow keep every finished
+    call; a kill -9 loses at most the last `delay` seconds, which the next run recomputes (a
+    store is never half-written: each batch is one transaction). `first` are stores committed
+    before this one: a stored dialogue's calls are always on disk before the dialogue is."""
 
     def __init__(
-        self,
-        cache: diskcache.Cache,
-        first: tuple[GroupCommit, ...] = (),
-        delay: float = 0.1,
-        limit: int = 512,
+        self, cache: diskcache.Cache, first: tuple[GroupCommit, ...] = (), delay: float = 0.1
     ) -> None:
-        self.cache, self.first, self.delay, self.limit = cache, first, delay, limit
+        self.cache, self.first, self.delay = cache, first, delay
         self.pending: dict[str, Any] = {}
-        self._lock = threading.RLock()
-        self._timer: asyncio.TimerHandle | None = None
+        self.writing: dict[str, Any] = {}
+        self._lock = threading.Lock()  # guards pending and writing
+        self._commit = threading.Lock()  # one batch at a time, in order
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def get(self, key: str) -> Any:
-        """A pending value (None if there is none: then read the cache itself)."""
+        """A value not yet committed (None if there is none: then read the cache itself)."""
         with self._lock:
-            return self.pending.get(key)
+            value = self.pending.get(key)
+            return value if value is not None else self.writing.get(key)
 
     def set(self, key: str, value: Any) -> None:
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
         with self._lock:
             self.pending[key] = value
-            if loop is None or len(self.pending) >= self.limit:
-                self.flush()
-            elif self._timer is None:
-                self._timer = loop.call_later(self.delay, self.flush)
+            on_loop = _on_loop()
+            if on_loop and self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="master-cache-writer", daemon=True
+                )
+                self._thread.start()
+        if not on_loop:
+            self.flush()
 
     def flush(self) -> None:
         """Commit everything pending (the stores in `first` before this one)."""
         for store in self.first:
             store.flush()
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if not self.pending:
-                return
-            batch, self.pending = self.pending, {}
-            with self.cache.transact():
-                for key, value in batch.items():
-                    self.cache.set(key, value)
+        with self._commit:
+            with self._lock:
+                if not self.pending:
+                    return
+                batch, self.pending = self.pending, {}
+                self.writing = batch
+            try:
+                with self.cache.transact():
+                    for key, value in batch.items():
+                        self.cache.set(key, value)
+            except BaseException:
+                with self._lock:  # kept for the next attempt; newer values win
+                    self.pending = {**batch, **self.pending}
+                raise
+            finally:
+                with self._lock:
+                    self.writing = {}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.delay):
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - kept pending; close() raises it
+                logging.getLogger("master").warning("cache write failed, retrying: %s", exc)
+        self.cache.close()  # this thread's own SQLite connection
+
+    def close(self) -> None:
+        """Stop the writer thread and commit what is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._stop.clear()
+        self.flush()
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class CallStore:
@@ -284,7 +320,7 @@ class CallStore:
         self.writes.flush()
 
     def close(self) -> None:
-        self.writes.flush()
+        self.writes.close()
         self.cache.close()
 
 

@@ -109,14 +109,15 @@ def test_adding_and_editing_seeds_runs_only_their_dialogues(
     assert second["lm"]["cache_hits"] >= first["lm"]["calls"] - 2 * per_dialogue * 2
 
 
-def _cli_run(config: Path, out: Path) -> subprocess.Popen[str]:
+def _cli_run(config: Path, out: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--out", str(out)],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ),
+        env={**os.environ, **env},
+        start_new_session=True,
     )
 
 
@@ -195,16 +196,20 @@ def test_a_budget_caps_the_calls_and_keeps_every_finished_dialogue(
     assert capped < total
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_keeps_finished_calls_and_the_rerun_makes_only_the_rest(
-    write_config: Callable[..., Path], tmp_path: Path
+    write_config: Callable[..., Path], tmp_path: Path, workers: str
 ) -> None:
+    """With run.workers 2 the parent alone gets the signal and interrupts its workers."""
     with FakeLLMServer(latency=0.05) as server:
         config = write_config(role_lms(server.base_url), sample=9, run={"concurrency": 2})
-        proc = _cli_run(config, tmp_path / "out")
+        proc = _cli_run(config, tmp_path / "out", MASTER__RUN__WORKERS=workers)
         assert server.wait_for_requests(8, timeout=180)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
         assert "finished LM calls are kept" in (proc.stderr.read() if proc.stderr else "")
+        with pytest.raises(ProcessLookupError):  # no worker outlives the run
+            os.killpg(proc.pid, 0)
         finished = finished_calls(tmp_path / "cache")
         server.reset()
         proc = _cli_run(config, tmp_path / "out")
@@ -379,3 +384,48 @@ def calls_value_sealed(key: str, value: dict) -> dict:
     from modules.callcache import seal
 
     return {**value, "check": seal(key, value["response"])}
+
+
+def test_workers_write_the_same_dataset_and_stop_when_their_parent_is_killed(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """run.workers 2 against one process: the same requests and the same dataset. Then a run
+    whose parent is killed with -9: its orphaned workers stop calling within a second, and
+    the rerun makes exactly the calls they had not finished."""
+    with FakeLLMServer(latency=0.05) as server:
+        config = write_config(role_lms(server.base_url), sample=9, run={"concurrency": 4})
+        assert _cli_run(config, tmp_path / "one").wait(timeout=300) == 0
+        total = server.request_count
+        server.reset()
+        two = tmp_path / "two.yaml"
+        two.write_text(config.read_text().replace(str(tmp_path / "cache"), str(tmp_path / "c2")))
+        proc = _cli_run(two, tmp_path / "two", MASTER__RUN__WORKERS="2")
+        assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
+        assert server.request_count == total
+        for name in ("dataset.jsonl", "messages.jsonl"):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+        server.reset()
+        killed = tmp_path / "killed.yaml"
+        killed.write_text(config.read_text().replace(str(tmp_path / "cache"), str(tmp_path / "c3")))
+        proc = _cli_run(killed, tmp_path / "killed", MASTER__RUN__WORKERS="2")
+        assert server.wait_for_requests(8, timeout=180)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the workers notice within 0.5 s and stop
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the workers outlived their parent")
+        made = server.request_count
+        finished = finished_calls(tmp_path / "c3")
+        server.reset()
+        assert _cli_run(killed, tmp_path / "killed").wait(timeout=300) == 0
+        resumed = server.request_count
+    assert made < total and 0 < finished <= made
+    assert resumed == total - finished

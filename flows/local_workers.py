@@ -1,0 +1,141 @@
+"""Simulation over forked worker processes on this machine (`run.workers`).
+
+One event loop drives every dialogue of a shard, and under the GIL it is one core's worth of
+Python: DSPy's adapters, the HTTP client and the cache writes. A fast endpoint (a local vLLM,
+a batch API) is then waiting on that core, not the other way round. `run.workers: N` splits
+the jobs into N interleaved shards, each in its own forked process with its own loop,
+programs and cache handles (SQLite is safe across processes), and
+`run.concurrency / N` dialogues in flight, so the endpoint sees the same load. The outcomes
+come back in job order, so the outputs are the same as with one process.
+
+Processes are forked (not spawned): the children start at once with everything the parent
+imported and planned, and nothing is pickled on the way in. A child stops when its parent
+dies (it would otherwise go on spending calls nobody collects), and Ctrl-C in the parent
+interrupts every child, which keeps what it finished, as a single process does.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from flows.config import MasterConfig
+from flows.jobs import Job
+from flows.simulate import STOP, Outcome
+from modules.budget import CallBudget
+
+log = logging.getLogger("master")
+
+Shard = Callable[[list[Job], MasterConfig, CallBudget | None], list[Outcome]]
+
+
+def worker_count(cfg: MasterConfig, jobs: int, embedded: bool) -> int:
+    """The processes worth starting: none beyond the jobs, and one for an embedded model
+    (each process would load its own copy of the weights)."""
+    if embedded or os.name != "posix":
+        return 1
+    return max(1, min(cfg.run.workers, jobs))
+
+
+def shard_config(cfg: MasterConfig, workers: int) -> MasterConfig:
+    """A child's config: its share of run.concurrency (nothing in a dataset depends on it)."""
+    concurrency = max(1, -(-cfg.run.concurrency // workers))
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"concurrency": concurrency})})
+
+
+def run_forked(
+    shard: Shard,
+    jobs: list[Job],
+    cfg: MasterConfig,
+    budgets: list[CallBudget | None],
+) -> list[Outcome]:
+    """`shard` over len(budgets) forked processes; the outcomes in job order."""
+    workers = len(budgets)
+    child_cfg = shard_config(cfg, workers)
+    context = multiprocessing.get_context("fork")
+    children: list[tuple[Any, Connection]] = []
+    for index, budget in enumerate(budgets):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_child,
+            args=(shard, jobs[index::workers], child_cfg, budget, send, os.getpid()),
+            name=f"master-worker-{index}",
+        )
+        process.start()
+        send.close()
+        children.append((process, receive))
+    log.info("simulating over %d worker processes", workers)
+    try:
+        results = [_result(process, receive) for process, receive in children]
+    except BaseException:
+        for process, _ in children:  # Ctrl-C or a failed child: every child keeps what it has
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGINT)
+        raise
+    finally:
+        for process, receive in children:
+            receive.close()  # a child still sending gets a broken pipe instead of hanging
+            process.join()
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    for index, result in enumerate(results):
+        outcomes[index::workers] = result
+    return outcomes  # type: ignore[return-value]
+
+
+def _result(process: Any, receive: Connection) -> list[Outcome]:
+    # Polled, not one blocking read: Ctrl-C may be delivered to another thread of this
+    # process (torch's, after the embedder ran), and then only the main thread running
+    # Python again raises KeyboardInterrupt here.
+    while not receive.poll(0.2):
+        pass
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        raise RuntimeError(
+            f"simulation worker {process.name} ended without a result "
+            f"(exit code {process.exitcode}); its finished calls are in the cache"
+        ) from None
+    if status == "error":
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _child(
+    shard: Shard,
+    jobs: list[Job],
+    cfg: MasterConfig,
+    budget: CallBudget | None,
+    send: Connection,
+    parent: int,
+) -> None:
+    signal.signal(signal.SIGINT, _interrupt_once)
+    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
+    try:
+        send.send(("ok", shard(jobs, cfg, budget)))
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the parent
+        try:
+            send.send(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle
+            send.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        send.close()
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """Ctrl-C reaches a child twice (from the terminal and from the parent): the second must
+    not interrupt the first one's cleanup, which commits the finished calls."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """Cancel the in-flight dialogues once the parent is gone (killed with -9)."""
+    while not STOP.wait(0.5):
+        if os.getppid() != parent:
+            STOP.set()
