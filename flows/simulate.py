@@ -350,8 +350,11 @@ def simulate(
                 # No DSPy history entries: nothing in a run reads them (our ledger and cache
                 # record every call), and DSPy keeps up to 10,000 per LM, per predictor and
                 # globally, each with the whole prompt: about 0.9 GB at 10,000 seeds, and CPU
-                # per call to build them. Prompts, requests and cache keys are unaffected.
-                with dspy.context(disable_history=True):
+                # per call to build them. Nor DSPy's trace: it keeps (predictor, inputs,
+                # prediction) for the last 10,000 calls, which only optimizers read (they run
+                # their own programs), at about 10 KB each. Prompts, requests and cache keys
+                # are unaffected.
+                with dspy.context(disable_history=True, trace=None):
                     tasks = [asyncio.ensure_future(work(queue)) for _ in range(workers)]
                     watcher = asyncio.ensure_future(_cancel_on_stop(tasks))
                     try:
