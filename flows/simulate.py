@@ -264,6 +264,10 @@ def finished(
     return Outcome(job, dialogue, None, calls)
 
 
+_gc_lock = threading.Lock()
+_gc_users: list[tuple[int, int, int]] = []  # the thresholds to restore, while runs are on
+
+
 @contextlib.contextmanager
 def quiet_gc(gen0: int = 20_000) -> Iterator[None]:
     """Fewer, cheaper cyclic-GC passes while dialogues run.
@@ -272,15 +276,25 @@ def quiet_gc(gen0: int = 20_000) -> Iterator[None]:
     programs, finished outcomes); every full collection walked all of them, about 10% of the
     simulation's CPU at 2,000 seeds. What exists when the run starts is frozen (never
     scanned), and the young generation is collected every `gen0` allocations instead of 700.
-    Memory is unaffected: almost nothing a dialogue allocates is cyclic."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
+    Memory is unaffected: almost nothing a dialogue allocates is cyclic. The settings are the
+    process's: shards running in threads (the Prefect flow) share them, the first one in
+    sets them and the last one out restores them."""
+    with _gc_lock:
+        if not _gc_users:
+            threshold = gc.get_threshold()
+            gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
+        else:
+            threshold = _gc_users[0]
+        _gc_users.append(threshold)
+        gc.freeze()
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
+        with _gc_lock:
+            _gc_users.pop()
+            if not _gc_users:
+                gc.set_threshold(*threshold)
+                gc.unfreeze()
 
 
 def simulate(

@@ -56,3 +56,28 @@ def test_the_gc_settings_are_restored_after_a_run() -> None:
     simulate(_jobs(), {"error_correction": stub, "debate": stub, "analogy": stub}, cfg)  # type: ignore[arg-type]
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == frozen
+
+
+def test_overlapping_runs_in_threads_restore_the_gc_settings_once_the_last_ends() -> None:
+    """Prefect runs shards in threads: the first run in must not restore under the second."""
+    import threading
+
+    from flows.simulate import quiet_gc
+
+    before = gc.get_threshold()
+    first, second = threading.Event(), threading.Event()
+
+    def a() -> None:
+        with quiet_gc():
+            first.set()
+            second.wait(5)
+
+    thread = threading.Thread(target=a)
+    thread.start()
+    first.wait(5)
+    with quiet_gc():
+        raised = gc.get_threshold()
+        second.set()
+        thread.join()
+        assert gc.get_threshold() == raised != before  # still quiet: a run is on
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
