@@ -20,6 +20,7 @@ import dspy
 from flows.config import SCENARIOS, ConfigError
 from flows.dialogue_cache import VERDICT
 from flows.programs import list_versions, load_version
+from flows.retrieval import VECTORS
 from flows.simulate import build_programs, program_version
 from modules.callcache import SafeJSONDisk, canonical_json
 from signatures import JudgeDialogue
@@ -63,7 +64,7 @@ def cache_stats(directory: str | Path) -> dict[str, Any]:
             "oldest": min(times) if times else None,
             "newest": max(times) if times else None,
         }
-    for name in ("dialogues", "retrieval", "embeddings"):
+    for name in ("dialogues", "retrieval", VECTORS):
         with _open(root / name) as store:
             stats[name] = {"entries": len(store), "bytes": store.volume()}
             if name == "dialogues":  # verdicts live beside the dialogues they judge

@@ -8,7 +8,6 @@ choice is reproducible.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import random
@@ -20,7 +19,7 @@ import diskcache
 import numpy as np
 
 from flows.records import Seed
-from modules.callcache import SafeJSONDisk, read_value
+from modules.callcache import SafeBytesDisk, SafeJSONDisk, read_value
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -28,6 +27,8 @@ NEAR_DUPLICATE = 0.95
 
 
 MINILM_ID = "all-MiniLM-L6-v2"
+# the vector cache's folder under cache.dir (raw bytes; "embeddings" held base64 JSON)
+VECTORS = "vectors"
 
 
 def minilm_embedder(batch_size: int = 64) -> Embedder:
@@ -62,24 +63,28 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
 
 def cached_embedder(embed: Embedder, directory: str | Path) -> Embedder:
     """Vectors cached by content (model id + text): an unchanged question is embedded once,
-    ever. Values are base64 float32 strings (JSON, like every cache value here)."""
+    ever. Values are the float32 bytes and an 8-byte seal binding them to their key (a
+    damaged or moved row is recomputed), stored raw: JSON and base64 cost more than the
+    write itself, for data that does not compress."""
     model_id = getattr(embed, "model_id", getattr(embed, "__qualname__", "embedder"))
-    store = Path(directory) / "embeddings"
+    store = Path(directory) / VECTORS
 
     def key(text: str) -> str:
         return hashlib.sha256(f"{model_id}\x1f{text}".encode()).hexdigest()[:40]
 
+    def seal(k: str, data: bytes) -> bytes:
+        return hashlib.blake2b(data, digest_size=8, key=k.encode()[:64]).digest()
+
     def cached(texts: Sequence[str]) -> np.ndarray:
         keys = [key(t) for t in texts]
         found: dict[str, np.ndarray] = {}
-        with diskcache.Cache(str(store), disk=SafeJSONDisk, cull_limit=0) as cache:
+        with diskcache.Cache(str(store), disk=SafeBytesDisk, cull_limit=0) as cache:
             for k in set(keys):
                 value = read_value(cache, k)
-                if isinstance(value, str):
-                    try:
-                        found[k] = np.frombuffer(base64.b64decode(value), dtype=np.float32)
-                    except ValueError:
-                        pass  # a damaged entry is recomputed
+                if isinstance(value, bytes) and len(value) > 8 and len(value) % 4 == 0:
+                    data, check = value[:-8], value[-8:]
+                    if check == seal(k, data):
+                        found[k] = np.frombuffer(data, dtype=np.float32)
             missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True)
                                          if k not in found))  # fmt: skip
             if missing:
@@ -88,7 +93,8 @@ def cached_embedder(embed: Embedder, directory: str | Path) -> Embedder:
                     for text, vector in zip(missing, vectors, strict=True):
                         k = key(text)
                         found[k] = np.asarray(vector, dtype=np.float32)
-                        cache.set(k, base64.b64encode(found[k].tobytes()).decode("ascii"))
+                        data = found[k].tobytes()
+                        cache.set(k, data + seal(k, data))
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([found[k] for k in keys])

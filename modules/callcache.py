@@ -161,23 +161,43 @@ def read_checked(cache: diskcache.Cache, key: str, field: str) -> dict[str, Any]
     return value
 
 
-class SafeJSONDisk(diskcache.JSONDisk):
-    """JSONDisk that never unpickles anything. diskcache keeps a mode and a raw flag beside
-    each row, and its base Disk unpickles rows marked as pickles: a row edited in the SQLite
-    file (a shared cache folder is writable by others) would run code on read. We never
-    store pickles, so a row claiming to be one is refused as damaged."""
+class _RefusesPickles:
+    """Never unpickles anything. diskcache keeps a mode and a raw flag beside each row, and
+    its base Disk unpickles rows marked as pickles: a row edited in the SQLite file (a shared
+    cache folder is writable by others) would run code on read. We never store pickles, so a
+    row claiming to be one is refused as damaged."""
 
     REFUSED_KEY = "!refused: a key stored as a pickle"
 
     def get(self, key: Any, raw: bool) -> Any:
         if not raw:
             return self.REFUSED_KEY  # listed as unknown, never unpickled
-        return super().get(key, raw)
+        return super().get(key, raw)  # type: ignore[misc]
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_PICKLE:
             raise ValueError("a cache value stored as a pickle: refused")
-        return super().fetch(mode, filename, value, read)
+        return super().fetch(mode, filename, value, read)  # type: ignore[misc]
+
+
+class SafeJSONDisk(_RefusesPickles, diskcache.JSONDisk):
+    """JSONDisk (keys and values as compressed JSON) that never unpickles."""
+
+
+class SafeBytesDisk(_RefusesPickles, diskcache.Disk):
+    """Text keys and bytes values stored as they are: no JSON, no compression (what an
+    embedding vector needs: it does not compress, and encoding it cost more than the write).
+    Anything else is refused rather than pickled."""
+
+    def put(self, key: Any) -> Any:
+        if not isinstance(key, str):
+            raise TypeError(f"a {type(key).__name__} key: only text keys are stored")
+        return super().put(key)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not isinstance(value, bytes) or read:
+            raise TypeError(f"a {type(value).__name__} value: only bytes are stored")
+        return super().store(value, read, key=key)
 
 
 class GroupCommit:

@@ -124,3 +124,28 @@ def test_vectors_are_cached_by_content_and_never_computed_twice(tmp_path: Path) 
     assert seen[2:] == ["a new one"]
     assert np.array_equal(again[0], first[1]) and np.array_equal(again[2], first[0])
     assert np.array_equal(again, hashing_embedder(["another question", "a new one", "a question"]))
+
+
+def test_a_damaged_or_moved_vector_is_embedded_again(tmp_path: Path) -> None:
+    import sqlite3
+
+    from flows.retrieval import VECTORS, cached_embedder
+
+    seen: list[str] = []
+
+    def counting(texts):  # type: ignore[no-untyped-def]
+        seen.extend(texts)
+        return hashing_embedder(texts)
+
+    cached_embedder(counting, tmp_path)(["one question", "two questions"])
+    db = sqlite3.connect(tmp_path / VECTORS / "cache.db")
+    rows = db.execute("SELECT key, value FROM Cache ORDER BY key").fetchall()
+    (k1, v1), (k2, v2) = rows
+    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (v2, k1))  # moved under another key
+    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (v2[:-12] + b"\0" * 12, k2))  # damaged
+    db.commit()
+    db.close()
+    seen.clear()
+    again = cached_embedder(counting, tmp_path)(["one question", "two questions"])
+    assert sorted(seen) == ["one question", "two questions"]
+    assert np.array_equal(again, hashing_embedder(["one question", "two questions"]))

@@ -105,7 +105,7 @@ def test_the_cache_never_unpickles_what_it_reads(
     first = run_pipeline(cfg, tmp_path / "first", embedder=embedder).summary
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Exploit(str(marker)))
-    stores = [cache, cache / "dialogues", cache / "embeddings", cache / "retrieval"]
+    stores = [cache, cache / "dialogues", cache / "vectors", cache / "retrieval"]
     assert all((store / "cache.db").is_file() for store in stores)
     for store in stores:
         db = sqlite3.connect(store / "cache.db")
