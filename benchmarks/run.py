@@ -201,8 +201,14 @@ def _timed_run(
 def bench_throughput(
     seeds: int = 2000, latency: float = 0.2, concurrency: int = 64, workers: int = 1
 ) -> dict:
-    """Seeds through the pipeline against the fake server; compared with the ideal time."""
-    run = _timed_run(seeds, latency, concurrency, workers=workers)
+    """Seeds through the pipeline against the fake server; compared with the ideal time.
+    Three runs, the one with the median wall time reported (this machine's noise moves a
+    single run by a few seconds); `wall_s_runs` lists all three."""
+    runs = sorted(
+        (_timed_run(seeds, latency, concurrency, workers=workers) for _ in range(3)),
+        key=lambda r: r["wall"],
+    )
+    run = runs[1]
     result, wall, cpu, calls = run["result"], run["wall"], run["cpu"], run["requests"]
     ideal = calls * latency / concurrency
     dialogues = sum(result.summary["dialogues"].values())
@@ -216,6 +222,7 @@ def bench_throughput(
         "concurrency": concurrency,
         "workers": workers,
         "wall_s": round(wall, 2),
+        "wall_s_runs": [round(r["wall"], 2) for r in runs],
         "ideal_s": round(ideal, 2),
         "fraction_of_ideal": round(ideal / wall, 3),
         "simulation_wall_s": round(run["simulation"], 2),
