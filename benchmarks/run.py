@@ -732,6 +732,16 @@ def main() -> int:
         print(f"running {name} ...", flush=True)
         bench = BENCHES[name]
         figures = bench(args.seeds) if args.seeds else bench()  # type: ignore[call-arg]
+        if name == "growth" and args.seeds and not args.tag:
+            # one more size beside the others (e.g. 100,000), each with its own command
+            kept = {k: v for k, v in results["benches"].get(name, {}).items() if k[0].isdigit()}
+            sizes = sorted({int(k.split("_")[0]) for k in {**kept, **figures} if k[0].isdigit()})
+            figures = {
+                **kept,
+                **figures,
+                "command": "python benchmarks/run.py --only growth  # 1k and 10k; "
+                + ", ".join(f"--seeds {n}" for n in sizes if n not in (1000, 10_000)),
+            }
         if args.tag:
             figures["command"] += f" --tag '{args.tag}'"
         results["benches"][f"{name} ({args.tag})" if args.tag else name] = figures
