@@ -406,6 +406,9 @@ def test_workers_write_the_same_dataset_and_stop_when_their_parent_is_killed(
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
         server.reset()
+        # slower answers: the rest of the run must outlast the workers' 0.5 s orphan check,
+        # or they would finish it before noticing the parent is gone
+        server.latency = 0.3
         killed = tmp_path / "killed.yaml"
         killed.write_text(config.read_text().replace(str(tmp_path / "cache"), str(tmp_path / "c3")))
         proc = _cli_run(killed, tmp_path / "killed", MASTER__RUN__WORKERS="2")
