@@ -25,7 +25,6 @@ from modules.callcache import (
     GroupCommit,
     SafeJSONDisk,
     canonical_json,
-    read_checked,
     seal,
 )
 from modules.settings import RoleLMs
@@ -92,8 +91,7 @@ class DialogueStore:
         self.writes.set(key, {"body": body, "check": seal(key, body)})
 
     def _get(self, key: str) -> dict[str, Any] | None:
-        pending = self.writes.get(key)
-        value = pending if pending is not None else read_checked(self.cache, key, "body")
+        value = self.writes.read_checked(key, "body")
         body = value.get("body") if value is not None else None
         return body if isinstance(body, dict) else None
 

@@ -265,7 +265,8 @@ def finished(
 
 
 _gc_lock = threading.Lock()
-_gc_users: list[tuple[int, int, int]] = []  # the thresholds to restore, while runs are on
+_gc_runs = 0  # runs in quiet_gc now (shards in threads share the process's GC settings)
+_gc_saved: tuple[int, int, int] = (700, 10, 10)  # the thresholds the first one found
 
 
 @contextlib.contextmanager
@@ -279,21 +280,20 @@ def quiet_gc(gen0: int = 20_000) -> Iterator[None]:
     Memory is unaffected: almost nothing a dialogue allocates is cyclic. The settings are the
     process's: shards running in threads (the Prefect flow) share them, the first one in
     sets them and the last one out restores them."""
+    global _gc_runs, _gc_saved
     with _gc_lock:
-        if not _gc_users:
-            threshold = gc.get_threshold()
-            gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
-        else:
-            threshold = _gc_users[0]
-        _gc_users.append(threshold)
+        if _gc_runs == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(max(gen0, _gc_saved[0]), *_gc_saved[1:])
+        _gc_runs += 1
         gc.freeze()
     try:
         yield
     finally:
         with _gc_lock:
-            _gc_users.pop()
-            if not _gc_users:
-                gc.set_threshold(*threshold)
+            _gc_runs -= 1
+            if _gc_runs == 0:
+                gc.set_threshold(*_gc_saved)
                 gc.unfreeze()
 
 

@@ -233,6 +233,11 @@ class GroupCommit:
             value = self.pending.get(key)
             return value if value is not None else self.writing.get(key)
 
+    def read_checked(self, key: str, field: str) -> dict[str, Any] | None:
+        """read_checked on the store, a pending value first (this run sealed it)."""
+        pending = self.get(key)
+        return pending if pending is not None else read_checked(self.cache, key, field)
+
     def set(self, key: str, value: Any) -> None:
         with self._lock:
             self.pending[key] = value
@@ -304,17 +309,9 @@ class CallStore:
         self.cache = diskcache.Cache(str(self.directory), disk=SafeJSONDisk, cull_limit=0)
         self.writes = GroupCommit(self.cache)
 
-    def _read(self, key: str) -> Any:
-        pending = self.writes.get(key)
-        return pending if pending is not None else read_value(self.cache, key)
-
     def get(self, key: str) -> dict[str, Any] | None:
-        value = self._read(key)
-        if (
-            isinstance(value, dict)
-            and value.get("check") == seal(key, value.get("response"))
-            and isinstance(value.get("response"), dict)
-        ):
+        value = self.writes.read_checked(key, "response")
+        if value is not None and isinstance(value.get("response"), dict):
             return value
         return None
 
@@ -333,7 +330,8 @@ class CallStore:
             self.writes.set(f"slot:{slot}", {**facts, "call": key})
 
     def get_slot(self, slot: str) -> dict[str, Any] | None:
-        value = self._read(f"slot:{slot}")
+        pending = self.writes.get(f"slot:{slot}")
+        value = pending if pending is not None else read_value(self.cache, f"slot:{slot}")
         return value if isinstance(value, dict) else None
 
     def flush(self) -> None:
