@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 
+from flows.collect import Collected
 from flows.config import MasterConfig, RunConfig, load_config
 from flows.jobs import Job
 from flows.output import output_lock
@@ -47,6 +48,7 @@ from flows.run import (
 from flows.run_cache import run_key
 from flows.seeds import LoadResult, load_seeds
 from flows.simulate import STOP, Outcome
+from flows.spill import clear_spills, spill_folder
 from modules.budget import CallBudget
 from modules.lm import check_keys
 
@@ -74,11 +76,11 @@ def publish_task(
     out: str,
     loaded: LoadResult,
     plan_rejects: list[Reject],
-    outcomes: list[Outcome],
+    collected: Collected,
     started: float,
     key: str | None = None,
 ) -> dict[str, Any]:
-    summary = publish(cfg, Path(out), loaded, plan_rejects, outcomes, started, key)
+    summary = publish(cfg, Path(out), loaded, plan_rejects, collected, started, key)
     publish_artifacts(out, summary)
     return summary
 
@@ -138,12 +140,18 @@ def _augment(
     jobs, plan_rejects = plan_task(loaded, cfg)
     size = cfg.run.shard_size
     shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-    if cfg.run.task_runner == "dask":
-        runner = dask_runner(cfg.run)
-        outcomes = simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg))
-    else:
-        outcomes = submit_shards(shards, cfg, new_budget(cfg))
-    return publish_task(cfg, out_dir, loaded, plan_rejects, outcomes, started, key)
+    spill = str(spill_folder(Path(out_dir), "flow") / "rows.jsonl")
+    try:
+        if cfg.run.task_runner == "dask":
+            runner = dask_runner(cfg.run)
+            collected = simulate_shards.with_options(task_runner=runner)(
+                shards, on_cluster(cfg), spill
+            )
+        else:
+            collected = submit_shards(shards, cfg, spill, new_budget(cfg))
+        return publish_task(cfg, out_dir, loaded, plan_rejects, collected, started, key)
+    finally:
+        clear_spills(Path(out_dir))
 
 
 def dask_runner(run: RunConfig) -> TaskRunner:
@@ -158,9 +166,10 @@ def dask_runner(run: RunConfig) -> TaskRunner:
 
 
 def submit_shards(
-    shards: list[list[Job]], cfg: MasterConfig, budget: CallBudget | None = None
-) -> list[Outcome]:
-    """Every shard as a task on the current flow's task runner; outcomes in shard order.
+    shards: list[list[Job]], cfg: MasterConfig, spill: str, budget: CallBudget | None = None
+) -> Collected:
+    """Every shard as a task on the current flow's task runner; each shard's outcomes are
+    collected (rows spilled to `spill`) as it finishes, then let go.
 
     Progress (seeds done, calls, cache hits, ETA) is logged and kept in a progress artifact
     as shards finish. One budget object is shared by threads; on a Dask cluster each shard
@@ -174,33 +183,29 @@ def submit_shards(
         simulate_task.submit(shard, cfg, i, share)
         for i, (shard, share) in enumerate(zip(shards, shares, strict=True))
     ]
-    index = {f.task_run_id: i for i, f in enumerate(futures)}
     progress = create_progress_artifact(
         progress=0.0, key="augment-progress", description="seeds simulated and verified"
     )
-    results: dict[int, list[Outcome]] = {}
+    collected = Collected(Path(spill))
     STOP.clear()
     try:
-        _collect(futures, index, results, total, progress)
+        _collect(futures, collected, total, progress)
     except BaseException:
         STOP.set()  # cancelled (or failing): the shards still running stop at once
         raise
-    return [o for i in range(len(futures)) for o in results[i]]
+    finally:
+        collected.close()
+    return collected
 
 
-def _collect(
-    futures: list[Any],
-    index: dict[Any, int],
-    results: dict[int, list[Outcome]],
-    total: int,
-    progress: Any,
-) -> None:
-    """Gather the shards' outcomes as they finish, logging progress and updating its artifact."""
+def _collect(futures: list[Any], collected: Collected, total: int, progress: Any) -> None:
+    """Take the shards' outcomes as they finish, logging progress and updating its artifact."""
     done = calls = hits = 0
     start = time.monotonic()
     for future in as_completed(futures):
         outcomes = future.result()
-        results[index[future.task_run_id]] = outcomes
+        for outcome in outcomes:
+            collected.add(outcome)
         done += len(outcomes)
         records = [r for o in outcomes for r in o.calls]
         calls += sum(1 for r in records if not r.cached)
@@ -215,9 +220,9 @@ def _collect(
 
 
 @flow(name="simulate-shards")
-def simulate_shards(shards: list[list[Job]], cfg: MasterConfig) -> list[Outcome]:
+def simulate_shards(shards: list[list[Job]], cfg: MasterConfig, spill: str) -> Collected:
     """The shards on whatever task runner this subflow is given (Dask, see `dask_runner`)."""
-    return submit_shards(shards, cfg)  # on Dask: a budget share per shard
+    return submit_shards(shards, cfg, spill)  # on Dask: a budget share per shard
 
 
 def on_cluster(cfg: MasterConfig) -> MasterConfig:

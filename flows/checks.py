@@ -350,12 +350,30 @@ def failed_hard(checks: dict[str, Verdict], hard: Iterable[str]) -> list[str]:
 
 def pass_rates(all_checks: Iterable[dict[str, Verdict]]) -> dict[str, float]:
     """Per check: passed / (passed + failed); checks that never applied are left out."""
-    passed: dict[str, int] = {}
-    total: dict[str, int] = {}
+    tally = PassTally()
     for checks in all_checks:
+        tally.add(checks)
+    return tally.rates()
+
+
+class PassTally:
+    """pass_rates counted as dialogues finish, without keeping their verdicts."""
+
+    def __init__(self) -> None:
+        self.passed: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+
+    def add(self, checks: dict[str, Verdict]) -> None:
         for name, v in checks.items():
             if v["ok"] is None:
                 continue
-            total[name] = total.get(name, 0) + 1
-            passed[name] = passed.get(name, 0) + (1 if v["ok"] else 0)
-    return {name: round(passed[name] / total[name], 4) for name in total}
+            self.total[name] = self.total.get(name, 0) + 1
+            self.passed[name] = self.passed.get(name, 0) + (1 if v["ok"] else 0)
+
+    def merge(self, other: PassTally) -> None:
+        for name, n in other.total.items():
+            self.total[name] = self.total.get(name, 0) + n
+            self.passed[name] = self.passed.get(name, 0) + other.passed[name]
+
+    def rates(self) -> dict[str, float]:
+        return {name: round(self.passed[name] / self.total[name], 4) for name in sorted(self.total)}

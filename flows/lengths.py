@@ -34,13 +34,22 @@ def dialogue_lengths(row: Mapping[str, Any]) -> dict[str, int]:
     """Turns as generated, tokens as trained on.
 
     Turns come from `turns` (the dialogue as the agents spoke it); tokens come from `messages`,
-    because that is the text a fine-tune actually sees after the layout mapping.
+    because that is the text a fine-tune actually sees after the layout mapping. A row's
+    shape (`row_shape`) already holds both counts.
     """
+    if isinstance(row.get("turns"), int):
+        return {"turns": row["turns"], "tokens": row["tokens"]}
     messages = row.get("messages") or []
     return {
         "turns": len(row.get("turns") or []),
         "tokens": sum(approx_tokens(m.get("content") or "") for m in messages),
     }
+
+
+def row_shape(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What the plots and the dataset card count of a row, without its text: a run keeps
+    one per published row instead of the rows themselves."""
+    return {"scenario": row.get("scenario"), "source": row.get("source"), **dialogue_lengths(row)}
 
 
 def length_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

@@ -5,8 +5,10 @@ Python: DSPy's adapters, the HTTP client and the cache writes. A fast endpoint (
 a batch API) is then waiting on that core, not the other way round. `run.workers: N` splits
 the jobs into N interleaved shards, each in its own forked process with its own loop,
 programs and cache handles (SQLite is safe across processes), and
-`run.concurrency / N` dialogues in flight, so the endpoint sees the same load. The outcomes
-come back in job order, so the outputs are the same as with one process.
+`run.concurrency / N` dialogues in flight, so the endpoint sees the same load. Each child
+returns what its shard function returns (flows/run.py: its Collected, with rows spilled to a
+file of its own); publishing orders rows and rejects by content, so the outputs are the same
+as with one process.
 
 Processes are forked (not spawned): the children start at once with everything the parent
 imported and planned, and nothing is pickled on the way in. A child stops when its parent
@@ -23,16 +25,17 @@ import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from flows.config import MasterConfig
 from flows.jobs import Job
-from flows.simulate import STOP, Outcome
+from flows.simulate import STOP
 from modules.budget import CallBudget
 
 log = logging.getLogger("master")
 
-Shard = Callable[[list[Job], MasterConfig, CallBudget | None], list[Outcome]]
+T = TypeVar("T")
+Shard = Callable[[list[Job], MasterConfig, CallBudget | None], T]
 
 
 def worker_count(cfg: MasterConfig, jobs: int, embedded: bool) -> int:
@@ -50,12 +53,13 @@ def shard_config(cfg: MasterConfig, workers: int) -> MasterConfig:
 
 
 def run_forked(
-    shard: Shard,
+    shard: Shard[T],
     jobs: list[Job],
     cfg: MasterConfig,
     budgets: list[CallBudget | None],
-) -> list[Outcome]:
-    """`shard` over len(budgets) forked processes; the outcomes in job order."""
+) -> list[T]:
+    """`shard` over len(budgets) forked processes, on interleaved parts of the jobs (so
+    each gets its share of every scenario); the children's results, in child order."""
     workers = len(budgets)
     child_cfg = shard_config(cfg, workers)
     context = multiprocessing.get_context("fork")
@@ -82,13 +86,10 @@ def run_forked(
         for process, receive in children:
             receive.close()  # a child still sending gets a broken pipe instead of hanging
             process.join()
-    outcomes: list[Outcome | None] = [None] * len(jobs)
-    for index, result in enumerate(results):
-        outcomes[index::workers] = result
-    return outcomes  # type: ignore[return-value]
+    return results
 
 
-def _result(process: Any, receive: Connection) -> list[Outcome]:
+def _result(process: Any, receive: Connection) -> Any:
     # Polled, not one blocking read: Ctrl-C may be delivered to another thread of this
     # process (torch's, after the embedder ran), and then only the main thread running
     # Python again raises KeyboardInterrupt here.
@@ -103,11 +104,11 @@ def _result(process: Any, receive: Connection) -> list[Outcome]:
         ) from None
     if status == "error":
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _child(
-    shard: Shard,
+    shard: Shard[Any],
     jobs: list[Job],
     cfg: MasterConfig,
     budget: CallBudget | None,

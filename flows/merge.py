@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flows.config import MergeConfig
 from flows.records import Seed
+from flows.spill import RowRef, read_rows
 
 
 def _order_key(row: dict[str, Any]) -> str:
@@ -67,37 +68,71 @@ def original_row(seed: Seed) -> dict[str, Any]:
     }
 
 
-def _unique(rows: Sequence[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
+def row_ref(row: dict[str, Any], where: Any) -> RowRef:
+    """What merging needs of a row, with where its content is (see flows/spill.py)."""
+    return RowRef(_order_key(row), row["seed_id"], _content_digest(row), where)
+
+
+def _unique(refs: Sequence[RowRef], seen: set[str]) -> list[RowRef]:
     kept = []
-    for row in rows:
-        digest = _content_digest(row)
-        if digest not in seen:
-            seen.add(digest)
-            kept.append(row)
+    for ref in refs:
+        if ref.digest not in seen:
+            seen.add(ref.digest)
+            kept.append(ref)
     return kept
 
 
-def merge_rows(
-    dialogue_rows: Sequence[dict[str, Any]], seeds: Sequence[Seed], cfg: MergeConfig
-) -> tuple[list[dict[str, Any]], int]:
-    """The published rows and how many exact duplicates were dropped.
+def merge_refs(
+    dialogue_refs: Sequence[RowRef], seeds: Sequence[Seed], cfg: MergeConfig
+) -> tuple[list[RowRef], int]:
+    """The published rows (as refs, in published order) and how many exact duplicates were
+    dropped.
 
     One dialogue per seed (the first in the deterministic order, should a seed ever have
     two); `mix` then adds originals in proportion to the dialogues that remain."""
     seen_seeds: set[str] = set()
     one_each = []
-    for row in sorted(dialogue_rows, key=_order_key):
-        if row["seed_id"] not in seen_seeds:
-            seen_seeds.add(row["seed_id"])
-            one_each.append(row)
+    for ref in sorted(dialogue_refs, key=lambda r: r.order):
+        if ref.seed_id not in seen_seeds:
+            seen_seeds.add(ref.seed_id)
+            one_each.append(ref)
     seen: set[str] = set()
-    rows = _unique(one_each, seen)
-    dropped = len(one_each) - len(rows)
+    refs = _unique(one_each, seen)
+    dropped = len(one_each) - len(refs)
     if cfg.mode == "mix":
-        wanted = min(len(seeds), round(cfg.originals_per_dialogue * len(rows)))
+        wanted = min(len(seeds), round(cfg.originals_per_dialogue * len(refs)))
         picked = sorted(seeds, key=lambda s: hashlib.sha256(s.id.encode()).hexdigest())[:wanted]
-        originals = [original_row(s) for s in picked]
+        originals = [row_ref(original_row(s), s) for s in picked]
         extra = _unique(originals, seen)
         dropped += len(originals) - len(extra)
-        rows = sorted([*rows, *extra], key=_order_key)
-    return rows, dropped
+        refs = sorted([*refs, *extra], key=lambda r: r.order)
+    return refs, dropped
+
+
+def merge_rows(
+    dialogue_rows: Sequence[dict[str, Any]], seeds: Sequence[Seed], cfg: MergeConfig
+) -> tuple[list[dict[str, Any]], int]:
+    """merge_refs over rows held in memory."""
+    refs, dropped = merge_refs([row_ref(r, r) for r in dialogue_rows], seeds, cfg)
+    return list(PublishedRows(refs)), dropped
+
+
+class PublishedRows:
+    """The published rows, read in order each time they are iterated: spilled rows from
+    their files, originals made from their seed, rows held in memory as they are."""
+
+    def __init__(self, refs: Sequence[RowRef]) -> None:
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        spilled = read_rows(r.where for r in self.refs if isinstance(r.where, tuple))
+        for ref in self.refs:
+            if isinstance(ref.where, tuple):
+                yield next(spilled)
+            elif isinstance(ref.where, Seed):
+                yield original_row(ref.where)
+            else:
+                yield ref.where

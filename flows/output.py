@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import datasets
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.arrow_reader import ArrowReader
 
 from flows.config import PublishConfig
 from flows.records import Dialogue, Reject, Seed
+
+BATCH = 1000  # rows per Arrow batch when writing the dataset
 
 REJECT_SCHEMA = {
     "stage": pl.String,
@@ -91,22 +98,14 @@ def write_json(target: Path, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_jsonl(target: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def dataset_rows(dialogues: list[Dialogue], seeds_by_id: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for d in dialogues:
-        row = d.model_dump(mode="json", by_alias=True)
-        seed = seeds_by_id.get(d.seed_id)
-        row["question"] = seed.question if seed else None
-        row["reference"] = seed.reference if seed else None
-        row["provenance"] = json.dumps(row["provenance"], sort_keys=True)
-        rows.append(row)
-    return rows
+def dataset_row(dialogue: Dialogue, seed: Seed | None) -> dict[str, Any]:
+    """A dialogue as a published row: its fields, its seed's question and reference, and the
+    provenance as a JSON string (its keys vary with the scenario and the roles it used)."""
+    row = dialogue.model_dump(mode="json", by_alias=True)
+    row["question"] = seed.question if seed else None
+    row["reference"] = seed.reference if seed else None
+    row["provenance"] = json.dumps(row["provenance"], sort_keys=True)
+    return row
 
 
 def _save_to_disk(dataset: datasets.Dataset, target: Path) -> None:
@@ -154,32 +153,79 @@ def _empty_dataset() -> datasets.Dataset:
     return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
 
 
-def write_dataset(out: Path, rows: list[dict[str, Any]], publish: PublishConfig) -> None:
+def dataset_schema(rows: Iterable[dict[str, Any]], batch: int = BATCH) -> pa.Schema | None:
+    """The Arrow schema of all rows, as `datasets` would infer it from the whole list (the
+    `quality` struct holds every check any row has), inferred a batch at a time."""
+    schemas: list[pa.Schema] = []
+    for chunk in _batches(rows, batch):
+        schema = pa.Table.from_pylist(chunk).schema
+        if not any(schema.equals(s) for s in schemas):
+            schemas.append(schema)
+    if not schemas:
+        return None
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    return datasets.Features.from_arrow_schema(unified).arrow_schema
+
+
+def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def write_dataset(
+    out: Path,
+    rows: Iterable[dict[str, Any]],
+    publish: PublishConfig,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
     """dataset.parquet (all columns), dataset.jsonl (ShareGPT), messages.jsonl (OpenAI), the
-    `datasets` folder hf/ and LLaMA-Factory's dataset_info.json."""
+    `datasets` folder hf/ and LLaMA-Factory's dataset_info.json.
+
+    `rows` is iterated twice (the schema first, then the files, a batch at a time), so a
+    100,000-row dataset is never in memory: pass a list or a re-iterable view such as
+    flows.merge.PublishedRows. `on_row` sees each row as it is written."""
     datasets.disable_progress_bars()
-    dataset = datasets.Dataset.from_list(rows) if rows else _empty_dataset()
-    with atomic_path(out / "dataset.parquet") as tmp:
-        dataset.to_parquet(str(tmp))
-    write_jsonl(
-        out / "dataset.jsonl",
-        [
-            {
-                "conversations": r["conversations"],
-                "seed_id": r["seed_id"],
-                "scenario": r["scenario"],
-                "source": r["source"],
-            }
-            for r in rows
-        ],
-    )
-    write_jsonl(
-        out / "messages.jsonl",
-        [{"messages": r["messages"], "seed_id": r["seed_id"]} for r in rows],
-    )
-    if publish.save_to_disk and rows:
-        _save_to_disk(dataset, out / "hf")
-    elif (out / "hf").exists():
+    schema = dataset_schema(rows)
+    hf = publish.save_to_disk and schema is not None
+    with (
+        atomic_path(out / "dataset.parquet") as parquet,
+        atomic_path(out / "dataset.jsonl") as sharegpt,
+        atomic_path(out / "messages.jsonl") as messages,
+        sharegpt.open("w", encoding="utf-8") as sharegpt_fh,
+        messages.open("w", encoding="utf-8") as messages_fh,
+        tempfile.TemporaryDirectory(prefix=".hf-", dir=out) as staging,
+    ):
+        if schema is None:
+            _empty_dataset().to_parquet(str(parquet))
+        else:
+            # hf/ from an Arrow stream written beside the parquet file: memory-mapped, so
+            # save_to_disk never holds the dataset either
+            arrow = pa.ipc.new_stream(f"{staging}/data.arrow", schema) if hf else None
+            with pq.ParquetWriter(parquet, schema) as writer:
+                for chunk in _batches(rows, BATCH):
+                    table = pa.Table.from_pylist(chunk, schema=schema)
+                    writer.write_table(table)
+                    if arrow is not None:
+                        arrow.write_table(table)
+                    for r in chunk:
+                        sharegpt_fh.write(json.dumps(
+                            {"conversations": r["conversations"], "seed_id": r["seed_id"],
+                             "scenario": r["scenario"], "source": r["source"]},
+                            ensure_ascii=False) + "\n")  # fmt: skip
+                        messages_fh.write(json.dumps(
+                            {"messages": r["messages"], "seed_id": r["seed_id"]},
+                            ensure_ascii=False) + "\n")  # fmt: skip
+                        if on_row is not None:
+                            on_row(r)
+            if arrow is not None:
+                arrow.close()
+                with parquet.open("rb") as fh:  # same rows, same fingerprint, in any folder
+                    fingerprint = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+                table = ArrowReader.read_table(f"{staging}/data.arrow", in_memory=False)
+                _save_to_disk(datasets.Dataset(table, fingerprint=fingerprint), out / "hf")
+                del table
+    if not hf and (out / "hf").exists():
         # `datasets` cannot load a 0-row folder back; no folder beats a stale or broken one
         shutil.rmtree(out / "hf")
     write_json(out / "dataset_info.json", llama_factory_entry(publish.name))

@@ -7,25 +7,26 @@ same steps as tasks. Nothing here imports Prefect.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from flows.accounting import lm_block
 from flows.assign import assign_scenario, debate_rounds
 from flows.card import render_card
-from flows.checks import pass_rates
+from flows.collect import Collected, in_order
 from flows.config import SCENARIOS, MasterConfig
 from flows.dialogue_cache import DialogueStore
 from flows.jobs import ROLES_BY_SCENARIO, Job
+from flows.lengths import row_shape
 from flows.local_workers import run_forked, worker_count
-from flows.merge import merge_rows
+from flows.merge import PublishedRows, merge_refs
 from flows.output import (
-    dataset_rows,
     output_lock,
     push_to_hub,
     write_dataset,
@@ -44,10 +45,11 @@ from flows.retrieval import (
     minilm_embedder,
     pick_similar,
 )
-from flows.run_cache import RunStore, run_key, settled
+from flows.run_cache import RunStore, run_key
 from flows.seeds import LoadResult, load_seeds
-from flows.simulate import Outcome, program_version, simulate
-from flows.verify import averify_outcome, quality_reject, verdict_book, verify_outcomes
+from flows.simulate import Outcome, program_version, stream
+from flows.spill import clear_spills, spill_folder
+from flows.verify import averify_outcome, verdict_book, verify_outcomes
 from modules.budget import BUDGET_SPENT, CallBudget
 from modules.callcache import CallStore
 from modules.judge import Judge
@@ -207,32 +209,42 @@ def _unfinished(outcome: Outcome) -> None:
         outcome.dialogue = None
 
 
-def run_shard(
-    jobs: list[Job], cfg: MasterConfig, budget: CallBudget | None = None
-) -> list[Outcome]:
-    """Simulate and verify one shard of jobs, with its own programs and cache handle."""
+def _shard(
+    jobs: list[Job],
+    cfg: MasterConfig,
+    budget: CallBudget | None,
+    emit: Callable[[int, Outcome], None],
+) -> None:
+    """Simulate and verify one shard of jobs, with its own programs and cache handle;
+    emit(job index, outcome) as each outcome is final."""
     programs, store = open_programs(cfg, jobs, budget)
     dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
     judge = open_judge(cfg, store, budget)
     verdicts = verdict_book(cfg, dialogues, judge)
+    progress = _progress(len(jobs))
 
     async def verify(outcome: Outcome) -> None:
         await averify_outcome(outcome, cfg, judge, verdicts)
 
+    def verify_hits(outcomes: list[Outcome]) -> None:  # dialogues the dialogue cache answered
+        verify_outcomes(outcomes, cfg, judge, verdicts)
+
+    def final(index: int, outcome: Outcome) -> None:
+        _unfinished(outcome)
+        progress(outcome)
+        emit(index, outcome)
+
+    checking = cfg.quality.enabled
     try:
-        outcomes = simulate(
+        stream(
             jobs,
             programs,
             cfg,
-            on_done=_progress(len(jobs)),
+            final,
             dialogues=dialogues,
-            after=verify if cfg.quality.enabled else None,
+            after=verify if checking else None,
+            after_hits=verify_hits if checking else None,
         )
-        if cfg.quality.enabled:  # dialogues answered by the dialogue cache are verified here
-            verify_outcomes(outcomes, cfg, judge, verdicts)
-        for outcome in outcomes:
-            _unfinished(outcome)
-        return outcomes
     finally:
         if store is not None:
             store.close()
@@ -240,15 +252,44 @@ def run_shard(
             dialogues.close()
 
 
-def run_jobs(jobs: list[Job], cfg: MasterConfig) -> list[Outcome]:
-    """Every job simulated and verified, in this process or over run.workers forked ones
-    (each with an equal share of the budget, as Dask shards have)."""
+def run_shard(
+    jobs: list[Job], cfg: MasterConfig, budget: CallBudget | None = None
+) -> list[Outcome]:
+    """A shard's outcomes, in job order (what a Prefect task hands back to its flow)."""
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    _shard(jobs, cfg, budget, outcomes.__setitem__)
+    return outcomes  # type: ignore[return-value]
+
+
+def collect_shard(
+    jobs: list[Job], cfg: MasterConfig, budget: CallBudget | None, collected: Collected
+) -> Collected:
+    """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
+    stays in memory but its traces (flows/collect.py)."""
+    try:
+        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome))
+    finally:
+        collected.close()
+    return collected
+
+
+def run_jobs(jobs: list[Job], cfg: MasterConfig, spill: Path) -> Collected:
+    """Every job simulated, verified and collected (accepted rows spilled under `spill`), in
+    this process or over run.workers forked ones (each with an equal share of the budget,
+    as Dask shards have, and a spill file of its own)."""
     embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
     workers = worker_count(cfg, len(jobs), embedded)
     if workers == 1:
-        return run_shard(jobs, cfg, new_budget(cfg))
+        return collect_shard(jobs, cfg, new_budget(cfg), Collected(spill / "rows.jsonl"))
+
+    def shard(part: list[Job], child: MasterConfig, budget: CallBudget | None) -> Collected:
+        return collect_shard(part, child, budget, Collected(spill / f"rows-{os.getpid()}.jsonl"))
+
     budgets = [new_budget(cfg, 1 / workers) for _ in range(workers)]
-    return run_forked(run_shard, jobs, cfg, budgets)
+    collected, *others = run_forked(shard, jobs, cfg, budgets)
+    for other in others:
+        collected.merge(other)
+    return collected
 
 
 def publish(
@@ -256,36 +297,27 @@ def publish(
     out: Path,
     loaded: LoadResult,
     plan_rejects: list[Reject],
-    outcomes: list[Outcome],
+    collected: Collected,
     started: float,
     key: str | None = None,
 ) -> dict[str, Any]:
     """Filter, merge and write every output file; return the summary (also summary.json).
 
-    With a run key (flows/run_cache.py) a settled run's outputs are stored for replay."""
-    storing = key is not None and settled(outcomes)
-    dialogues = [o.dialogue for o in outcomes if o.dialogue is not None]
-    unfinished = ("budget", "breaker")
-    stopped = [o.reject for o in outcomes if o.reject is not None and o.reject.stage in unfinished]
-    failed = [
-        *plan_rejects,
-        *(o.reject for o in outcomes if o.reject is not None and o.reject.stage not in unfinished),
-    ]
+    The rows are read back from the spill in published order, a batch at a time. With a run
+    key (flows/run_cache.py) a settled run's outputs are stored for replay."""
+    storing = key is not None and collected.settled
+    failed = [*plan_rejects, *in_order(collected.failed)]
+    stopped = in_order(collected.stopped)
+    dropped = in_order(collected.dropped)
     tripped = next((r.reason for r in stopped if r.stage == "breaker"), None)
-    accepted = [d for d in dialogues if d.quality.get("accepted", True)]
-    dropped = [quality_reject(d) for d in dialogues if not d.quality.get("accepted", True)]
-    records = [rec for o in outcomes for rec in o.calls]
-    rows = dataset_rows(accepted, {s.id: s for s in loaded.seeds})
-    merged, duplicates = merge_rows(rows, loaded.seeds, cfg.merge)
-    checked = [d.quality["checks"] for d in dialogues if "checks" in d.quality]
-    flags: Counter[str] = Counter(
-        flag.split(":", 1)[1].split(":")[0] for d in dialogues for flag in d.quality["turn_flags"]
-    )
+    refs, duplicates = merge_refs(collected.refs, loaded.seeds, cfg.merge)
+    accepted = sum(collected.accepted.values())
+    pass_rates = collected.checks.rates()
     summary: dict[str, Any] = {
         "seeds": loaded.counts(),
-        "dialogues": {s: sum(1 for d in accepted if d.scenario == s) for s in SCENARIOS},
+        "dialogues": {s: collected.accepted[s] for s in SCENARIOS},
         "quality": {
-            "accepted": len(accepted),
+            "accepted": accepted,
             "rejected": len(dropped),
             "by_check": dict(
                 sorted(Counter(c for r in dropped for c in (r.checks or "").split(",")).items())
@@ -293,16 +325,12 @@ def publish(
             "failed": len(failed),
             # why, most common first: what the next run retries (failed calls are not cached)
             "failures": dict(Counter(r.reason[:160] for r in failed).most_common(10)),
-            "flagged": sum(
-                1
-                for d in accepted
-                if any(v["ok"] is False for v in d.quality.get("checks", {}).values())
-            ),
-            "pass_rates": pass_rates(checked),
-            "turn_flags": dict(sorted(flags.items())),
+            "flagged": collected.flagged,
+            "pass_rates": pass_rates,
+            "turn_flags": dict(sorted(collected.turn_flags.items())),
         },
-        "lm": lm_block(records, cfg.lms),
-        "rows": {"published": len(merged), "duplicates_dropped": duplicates},
+        "lm": collected.calls.block(cfg.lms),
+        "rows": {"published": len(refs), "duplicates_dropped": duplicates},
         "budget": {
             **cfg.run.budget.model_dump(),
             "stopped": any(r.stage == "budget" for r in stopped),
@@ -317,30 +345,35 @@ def publish(
         "config_hash": cfg.fingerprint(),
         "run_cache": "stored" if storing else "off" if key is None else "unsettled",
     }
-    versions = {o.job.scenario: o.dialogue.provenance["program_version"] for o in outcomes
-                if o.dialogue is not None}  # fmt: skip
-    write_dataset(out, merged, cfg.publish)
+    shapes: list[dict[str, Any]] = []  # what the plots and the card count, per row
+    samples: list[dict[str, Any]] = []  # the first row of each scenario, for the report
+
+    def seen(row: dict[str, Any]) -> None:
+        shapes.append(row_shape(row))
+        if all(s["scenario"] != row["scenario"] for s in samples):
+            samples.append(row)
+
+    write_dataset(out, PublishedRows(refs), cfg.publish, on_row=seen)
     write_rejects(out, [*loaded.rejects, *failed, *dropped, *stopped])
-    plots = write_plots(out, merged, summary["quality"]["pass_rates"])
+    plots = write_plots(out, shapes, pass_rates)
     summary["elapsed_s"] = round(time.monotonic() - started, 3)
-    used = {r for o in outcomes for r in ROLES_BY_SCENARIO[o.job.scenario]}
-    embedded = any(cfg.lms.for_role(r).is_embedded for r in used)  # type: ignore[arg-type]
+    embedded = any(cfg.lms.for_role(r).is_embedded for r in collected.roles())  # type: ignore[arg-type]
     images = plots_markdown(plots)
-    write_text(out / "report.md", render_report(summary, merged, embedded, str(out), images))
-    write_text(out / "README.md", render_card(cfg, summary, merged, versions, images))
+    write_text(out / "report.md", render_report(summary, samples, embedded, str(out), images))
+    card = render_card(cfg, summary, shapes, collected.versions, images)
+    write_text(out / "README.md", card)
     write_json(out / "summary.json", summary)
     if storing:
-        _remember(cfg, out, key, summary, outcomes)  # type: ignore[arg-type]
+        _remember(cfg, out, key, summary, collected)  # type: ignore[arg-type]
     push_to_hub(out, cfg.publish)
     return summary
 
 
 def _remember(
-    cfg: MasterConfig, out: Path, key: str, summary: dict[str, Any], outcomes: list[Outcome]
+    cfg: MasterConfig, out: Path, key: str, summary: dict[str, Any], collected: Collected
 ) -> None:
     # what a replay reports: every call this run made or reused, now a cache hit
-    calls = (r for o in outcomes for r in o.calls)
-    body = {"summary": summary, "lm_replayed": lm_block(calls, cfg.lms, all_cached=True)}
+    body = {"summary": summary, "lm_replayed": collected.calls.block(cfg.lms, all_cached=True)}
     try:
         RunStore(cfg.cache.dir, cfg.cache.keep_runs).remember(key, out, body)
     except OSError as exc:  # the outputs are written; only the next run's shortcut is lost
@@ -406,8 +439,11 @@ def _run_pipeline(
         loaded.contaminated,
     )
     jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
-    outcomes = run_jobs(jobs, cfg)
-    summary = publish(cfg, out, loaded, plan_rejects, outcomes, started, key)
+    try:
+        collected = run_jobs(jobs, cfg, spill_folder(out, "run"))
+        summary = publish(cfg, out, loaded, plan_rejects, collected, started, key)
+    finally:
+        clear_spills(out)
     return RunResult(out=out, summary=summary)
 
 

@@ -297,6 +297,11 @@ def quiet_gc(gen0: int = 20_000) -> Iterator[None]:
                 gc.unfreeze()
 
 
+#: Cache-answered dialogues are made and handed on this many at a time (verified together,
+#: so their judge calls, if any, run in parallel), never all at once.
+HIT_CHUNK = 500
+
+
 def simulate(
     jobs: Iterable[Job],
     programs: Mapping[Scenario, dspy.Module],
@@ -305,82 +310,107 @@ def simulate(
     dialogues: DialogueStore | None = None,
     after: Callable[[Outcome], Awaitable[None]] | None = None,
 ) -> list[Outcome]:
-    """Run every job with up to run.concurrency dialogues in flight; results in job order.
-
-    Dialogues already in the dialogue cache are answered here, without the event loop: a fully
-    cached rerun costs one cache read per seed. `after` runs in a simulated dialogue's own task
-    once it is stored (the run's verification and judge call, overlapping the other
-    dialogues). on_done sees each outcome in job order."""
-    versions = {name: program_version(p) for name, p in programs.items()}
-    stamps = Stamps(cfg)
+    """stream() into a list: every outcome, in job order; on_done sees them in job order."""
     job_list = list(jobs)
     outcomes: list[Outcome | None] = [None] * len(job_list)
-    todo: list[tuple[int, Job, str | None]] = []
-    for index, job in enumerate(job_list):
-        key = dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues else None
-        hit = dialogues.get(key) if dialogues is not None and key is not None else None
-        if hit is not None:
-            turns, calls = hit["turns"], replayed_calls(hit)
-            outcomes[index] = finished(job, turns, calls, cfg, versions, stamps)
-            outcomes[index].key = key  # type: ignore[union-attr]
-        else:
-            todo.append((index, job, key))
     reported = 0
 
-    def report() -> None:
+    def keep(index: int, outcome: Outcome) -> None:
         nonlocal reported
+        outcomes[index] = outcome
         while reported < len(outcomes) and outcomes[reported] is not None:
             if on_done is not None:
                 on_done(outcomes[reported])  # type: ignore[arg-type]
             reported += 1
 
-    report()
-    if todo:
-        breaker = Breaker(cfg.run.breaker_failures)
-
-        async def work(queue: list[tuple[int, Job, str | None]]) -> None:
-            while queue:
-                index, job, key = queue.pop()
-                if breaker.tripped:
-                    outcomes[index] = not_started(job, breaker.reason())
-                    report()
-                    continue
-                outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
-                outcome.key = key
-                breaker.record(outcome)
-                if after is not None:
-                    await after(outcome)
-                outcomes[index] = outcome
-                report()
-
-        async def main() -> None:
-            asyncio.get_running_loop().set_default_executor(InlineDSPyHelpers())
-            # Popped from the end: the longest dialogues start first, then job order. The
-            # last dialogues in flight are then short ones, so the run's tail (fewer than
-            # run.concurrency dialogues left, the endpoint idling) is as short as it can be.
-            queue = sorted(todo, key=lambda t: (t[1].model_turns, -t[0]))
-            try:
-                workers = min(cfg.run.concurrency, len(todo))
-                # No DSPy history entries: nothing in a run reads them (our ledger and cache
-                # record every call), and DSPy keeps up to 10,000 per LM, per predictor and
-                # globally, each with the whole prompt: about 0.9 GB at 10,000 seeds, and CPU
-                # per call to build them. Nor DSPy's trace: it keeps (predictor, inputs,
-                # prediction) for the last 10,000 calls, which only optimizers read (they run
-                # their own programs), at about 10 KB each. Prompts, requests and cache keys
-                # are unaffected.
-                with dspy.context(disable_history=True, trace=None):
-                    tasks = [asyncio.ensure_future(work(queue)) for _ in range(workers)]
-                    watcher = asyncio.ensure_future(_cancel_on_stop(tasks))
-                    try:
-                        await asyncio.gather(*tasks)
-                    finally:
-                        watcher.cancel()
-            finally:
-                await close_loop_sessions()
-
-        with quiet_gc():
-            _run_async(main())
+    stream(job_list, programs, cfg, keep, dialogues, after)
     return outcomes  # type: ignore[return-value]
+
+
+def stream(
+    jobs: list[Job],
+    programs: Mapping[Scenario, dspy.Module],
+    cfg: MasterConfig,
+    emit: Callable[[int, Outcome], None],
+    dialogues: DialogueStore | None = None,
+    after: Callable[[Outcome], Awaitable[None]] | None = None,
+    after_hits: Callable[[list[Outcome]], None] | None = None,
+) -> None:
+    """Run every job with up to run.concurrency dialogues in flight; emit(job index, outcome)
+    as each one is final, in the order they finish. Nothing is kept here once emitted.
+
+    Dialogues already in the dialogue cache are answered first, without the event loop, a
+    chunk at a time (`after_hits` sees each chunk before it is emitted): a fully cached rerun
+    costs one cache read per seed. `after` runs in a simulated dialogue's own task once it is
+    stored (the run's verification and judge call, overlapping the other dialogues)."""
+    versions = {name: program_version(p) for name, p in programs.items()}
+    stamps = Stamps(cfg)
+    todo: list[tuple[int, Job, str | None]] = []
+    hits: list[tuple[int, Outcome]] = []
+
+    def emit_hits() -> None:
+        if after_hits is not None:
+            after_hits([o for _, o in hits])
+        for index, outcome in hits:
+            emit(index, outcome)
+        hits.clear()
+
+    for index, job in enumerate(jobs):
+        key = dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues else None
+        hit = dialogues.get(key) if dialogues is not None and key is not None else None
+        if hit is None:
+            todo.append((index, job, key))
+            continue
+        outcome = finished(job, hit["turns"], replayed_calls(hit), cfg, versions, stamps)
+        outcome.key = key
+        hits.append((index, outcome))
+        if len(hits) >= HIT_CHUNK:
+            emit_hits()
+    emit_hits()
+    if not todo:
+        return
+    breaker = Breaker(cfg.run.breaker_failures)
+
+    async def work(queue: list[tuple[int, Job, str | None]]) -> None:
+        while queue:
+            index, job, key = queue.pop()
+            if breaker.tripped:
+                emit(index, not_started(job, breaker.reason()))
+                continue
+            outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
+            outcome.key = key
+            breaker.record(outcome)
+            if after is not None:
+                await after(outcome)
+            emit(index, outcome)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(InlineDSPyHelpers())
+        # Popped from the end: the longest dialogues start first, then job order. The
+        # last dialogues in flight are then short ones, so the run's tail (fewer than
+        # run.concurrency dialogues left, the endpoint idling) is as short as it can be.
+        queue = sorted(todo, key=lambda t: (t[1].model_turns, -t[0]))
+        try:
+            workers = min(cfg.run.concurrency, len(todo))
+            # No DSPy history entries: nothing in a run reads them (our ledger and cache
+            # record every call), and DSPy keeps up to 10,000 per LM, per predictor and
+            # globally, each with the whole prompt: about 0.9 GB at 10,000 seeds, and CPU
+            # per call to build them. Nor DSPy's trace: it keeps (predictor, inputs,
+            # prediction) for the last 10,000 calls, which only optimizers read (they run
+            # their own programs), at about 10 KB each. Prompts, requests and cache keys
+            # are unaffected.
+            with dspy.context(disable_history=True, trace=None):
+                tasks = [asyncio.ensure_future(work(queue)) for _ in range(workers)]
+                watcher = asyncio.ensure_future(_cancel_on_stop(tasks))
+                try:
+                    await asyncio.gather(*tasks)
+                finally:
+                    watcher.cancel()
+        finally:
+            await close_loop_sessions()
+
+    with quiet_gc():
+        _run_async(main())
 
 
 def _run_async(coro: Coroutine[Any, Any, None]) -> None:
