@@ -380,6 +380,35 @@ def test_writes_on_a_loop_are_read_at_once_committed_together_and_kept_by_close(
     reopened.close()
 
 
+def test_writes_piling_up_on_the_loop_are_committed_by_the_loop(tmp_path: Path) -> None:
+    """The writer thread can fall behind a loop that holds the GIL: at `limit` pending writes
+    the loop commits them itself, so neither memory nor what a kill loses grows with a run."""
+    import asyncio
+
+    import diskcache
+
+    from modules.callcache import CallStore
+
+    calls = CallStore(tmp_path / "cache")
+    calls.writes.limit, calls.writes.delay = 3, 60.0  # the timer never fires in this test
+    value = {"response": {"text": "hi"}, "role": "weak"}
+
+    async def write(n: int) -> None:
+        for i in range(n):
+            calls.put(f"call-{i}", value)
+
+    def on_disk() -> int:
+        with diskcache.Cache(str(tmp_path / "cache"), disk=diskcache.JSONDisk) as cache:
+            return len(cache)
+
+    asyncio.run(write(2))
+    assert on_disk() == 0 and len(calls.writes.pending) == 2  # below the limit: pending
+    asyncio.run(write(7))
+    assert on_disk() == 6 and len(calls.writes.pending) == 1  # committed at 3 pending, twice
+    calls.close()
+    assert on_disk() == 7
+
+
 def calls_value_sealed(key: str, value: dict) -> dict:
     from modules.callcache import seal
 
