@@ -213,24 +213,31 @@ def test_an_openai_quota_failure_is_not_retried() -> None:
     assert _retryable(_http_error(429, b'{"error": {"code": "rate_limit_exceeded"}}', 1.0))
 
 
-def test_the_cached_serializer_matches_dspys_own() -> None:
-    """Prompts, and so cache keys, must not change: same output as DSPy's serialize_for_json."""
-    import numpy as np
-    from pydantic import BaseModel, TypeAdapter
+def test_the_body_is_dspys_own_conversion() -> None:
+    """The engine keeps one conversion dialect instead of DSPy building one per call: the
+    body must still be what DSPy's request_kwargs gives, but for the model id and max_tokens."""
+    import json
 
-    from modules.dspy_speedups import serialize_for_json
+    from dspy.clients.lm15_boundary import request_kwargs
 
-    class Point(BaseModel):
-        x: int
-        label: str
-
-    def dspy_original(value: object) -> object:  # DSPy 3.4.1's body, verbatim
-        try:
-            return TypeAdapter(type(value)).dump_python(value, mode="json", fallback=str)
-        except Exception:  # noqa: BLE001
-            return str(value)
-
-    values = ["plain", "", 3, 2.5, None, True, ["a", 1], {"k": [1, 2]}, Point(x=1, label="p")]
-    values += [np.float32(1.5), {"n": np.int64(3)}, ("t", 1), object]
-    for value in values:
-        assert serialize_for_json(value) == dspy_original(value), value
+    engine = OpenAICompatEngine(None, None, 10.0)
+    requests = [
+        _request(),
+        Request(
+            model="hosted_vllm/strong",
+            messages=(
+                Message.user("Question?"),
+                Message.assistant("An answer."),
+                Message.user("Again, shorter: ünïcode"),
+            ),
+            system="You are a teacher.",
+            config=Config(max_tokens=256, temperature=0.0, stop=("\n\n",), seed=7, top_p=0.9),
+        ),
+        Request(model="openai/weak", messages=(Message.user("No system, no config."),)),
+    ]
+    for request in requests:
+        expected = request_kwargs(request, "chat")
+        if "max_completion_tokens" in expected:
+            expected["max_tokens"] = expected.pop("max_completion_tokens")
+        expected["model"] = wire_model(request.model)
+        assert json.loads(engine.body(request)) == expected
