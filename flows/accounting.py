@@ -30,6 +30,10 @@ class CallTally:
                 row[3] += rec.tokens_out
         return self
 
+    def totals(self) -> tuple[int, int]:
+        """LM calls made and calls the cache answered, over every role."""
+        return sum(r[0] for r in self.by_role.values()), sum(r[1] for r in self.by_role.values())
+
     def merge(self, other: CallTally) -> None:
         for role, sums in other.by_role.items():
             self.by_role[role] = [a + b for a, b in zip(self.by_role[role], sums, strict=True)]

@@ -199,17 +199,14 @@ def submit_shards(
 
 
 def _collect(futures: list[Any], collected: Collected, total: int, progress: Any) -> None:
-    """Take the shards' outcomes as they finish, logging progress and updating its artifact."""
-    done = calls = hits = 0
+    """Take the shards' outcomes as they finish (into an empty `collected`, whose counts the
+    progress reports), logging progress and updating its artifact."""
     start = time.monotonic()
     for future in as_completed(futures):
-        outcomes = future.result()
-        for outcome in outcomes:
+        for outcome in future.result():
             collected.add(outcome)
-        done += len(outcomes)
-        records = [r for o in outcomes for r in o.calls]
-        calls += sum(1 for r in records if not r.cached)
-        hits += sum(1 for r in records if r.cached)
+        done = collected.outcomes
+        calls, hits = collected.calls.totals()
         elapsed = time.monotonic() - start
         eta = elapsed / done * (total - done) if done else 0.0
         update_progress_artifact(progress, progress=100.0 * done / max(total, 1))

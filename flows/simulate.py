@@ -15,7 +15,7 @@ import gc
 import hashlib
 import json
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,7 +216,7 @@ def not_started(job: Job, reason: str) -> Outcome:
 
 
 class Stamps:
-    """The config hash and the roles' model fingerprints, computed once per simulate() rather
+    """The config hash and the roles' model fingerprints, computed once per stream() rather
     than once per dialogue (hashing the whole config costs about 0.3 ms)."""
 
     def __init__(self, cfg: MasterConfig) -> None:
@@ -300,31 +300,6 @@ def quiet_gc(gen0: int = 20_000) -> Iterator[None]:
 #: Cache-answered dialogues are made and handed on this many at a time (verified together,
 #: so their judge calls, if any, run in parallel), never all at once.
 HIT_CHUNK = 500
-
-
-def simulate(
-    jobs: Iterable[Job],
-    programs: Mapping[Scenario, dspy.Module],
-    cfg: MasterConfig,
-    on_done: Callable[[Outcome], None] | None = None,
-    dialogues: DialogueStore | None = None,
-    after: Callable[[Outcome], Awaitable[None]] | None = None,
-) -> list[Outcome]:
-    """stream() into a list: every outcome, in job order; on_done sees them in job order."""
-    job_list = list(jobs)
-    outcomes: list[Outcome | None] = [None] * len(job_list)
-    reported = 0
-
-    def keep(index: int, outcome: Outcome) -> None:
-        nonlocal reported
-        outcomes[index] = outcome
-        while reported < len(outcomes) and outcomes[reported] is not None:
-            if on_done is not None:
-                on_done(outcomes[reported])  # type: ignore[arg-type]
-            reported += 1
-
-    stream(job_list, programs, cfg, keep, dialogues, after)
-    return outcomes  # type: ignore[return-value]
 
 
 def stream(

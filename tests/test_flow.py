@@ -56,6 +56,22 @@ def test_augment_flow_writes_outputs_and_artifacts(
     assert {"augment-report", "augment-lm-calls", "augment-summary"} <= keys
     assert {"augment-plot-counts", "augment-plot-lengths", "augment-plot-checks"} <= keys
 
+    # progress: the artifact ends at 100%, the last log line counts every seed and call
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the logs the run sent, on the server before they are read
+
+    async def progress() -> tuple[list[object], list[str]]:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts()
+            logs = await client.read_logs()
+        done = [a.data for a in artifacts if a.key == "augment-progress"]
+        return done, [log.message for log in logs if "seeds done" in log.message]
+
+    done, lines = asyncio.run(progress())
+    assert 100.0 in done
+    assert f"6/6 seeds done, {calls} LM calls, 0 cache hits, eta 0 s" in lines
+
 
 def test_the_augment_flow_runs_a_saved_program_version(
     prefect_server: None,

@@ -12,7 +12,7 @@ import dspy
 from flows.config import load_config
 from flows.jobs import Job
 from flows.records import Seed
-from flows.simulate import simulate
+from flows.simulate import Outcome, stream
 
 
 class Stub(dspy.Module):
@@ -26,6 +26,13 @@ class Stub(dspy.Module):
         self.started.append(question)
         await asyncio.sleep(0.01)
         return dspy.Prediction(turns=[])
+
+
+def simulate(jobs: list[Job], programs: dict[str, Any], cfg: Any) -> list[Outcome]:
+    """stream() collected in job order."""
+    outcomes: list[Any] = [None] * len(jobs)
+    stream(jobs, programs, cfg, outcomes.__setitem__)  # type: ignore[arg-type]
+    return outcomes
 
 
 def _jobs() -> list[Job]:
