@@ -6,7 +6,7 @@ instruction placeholders), about 0.15 ms each, so about 1 ms of CPU per call spe
 rebuilding the same few schemas. Here the adapter is built once per value type (and a plain
 ``str``, by far the common case, is returned as is: that is what pydantic returns for it).
 The result is the same value, so the rendered prompts, and the cache keys computed from them,
-do not change (tests/test_http_engine.py checks it against DSPy's own function).
+do not change (tests/test_dspy_speedups.py checks it against DSPy's own function).
 
 ``Adapter.format_system_message`` rebuilds a signature's system message (field list, field
 structure, instructions) on every call: about 0.35 ms of the 0.6 ms a ChatAdapter spends
