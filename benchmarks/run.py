@@ -310,6 +310,20 @@ def bench_growth(seeds: int | None = None) -> dict:
     return figures
 
 
+def merge_growth(previous: dict, figures: dict) -> dict:
+    """Growth figures of the sizes measured now, beside the previous figures of the others
+    (e.g. 100,000, measured with --seeds), with a command that names every size."""
+    measured = {k.split("_")[0] for k in figures if k[0].isdigit()}
+    kept = {k: v for k, v in previous.items() if k[0].isdigit() and k.split("_")[0] not in measured}
+    sizes = sorted({int(k.split("_")[0]) for k in {**kept, **figures} if k[0].isdigit()})
+    return {
+        **kept,
+        **figures,
+        "command": "python benchmarks/run.py --only growth  # 1k and 10k; "
+        + ", ".join(f"--seeds {n}" for n in sizes if n not in (1000, 10_000)),
+    }
+
+
 def measure_growth(seeds: int) -> int:
     """Child side of growth: one cold run of `seeds` seeds; prints its figures as JSON."""
     import resource
@@ -732,16 +746,8 @@ def main() -> int:
         print(f"running {name} ...", flush=True)
         bench = BENCHES[name]
         figures = bench(args.seeds) if args.seeds else bench()  # type: ignore[call-arg]
-        if name == "growth" and args.seeds and not args.tag:
-            # one more size beside the others (e.g. 100,000), each with its own command
-            kept = {k: v for k, v in results["benches"].get(name, {}).items() if k[0].isdigit()}
-            sizes = sorted({int(k.split("_")[0]) for k in {**kept, **figures} if k[0].isdigit()})
-            figures = {
-                **kept,
-                **figures,
-                "command": "python benchmarks/run.py --only growth  # 1k and 10k; "
-                + ", ".join(f"--seeds {n}" for n in sizes if n not in (1000, 10_000)),
-            }
+        if name == "growth" and not args.tag:
+            figures = merge_growth(results["benches"].get(name, {}), figures)
         if args.tag:
             figures["command"] += f" --tag '{args.tag}'"
         results["benches"][f"{name} ({args.tag})" if args.tag else name] = figures
