@@ -380,6 +380,22 @@ def test_latency_respected(srv: FakeLLMServer) -> None:
     assert time.monotonic() - started >= 0.2
 
 
+def test_latency_includes_building_the_answer(srv: FakeLLMServer) -> None:
+    """The answer is built inside the latency, as a real server's work is: a responder that
+    takes 0.3 s under a 0.4 s latency answers after about 0.4 s, not 0.7 s."""
+
+    def slow(body: dict[str, Any]) -> str:
+        time.sleep(0.3)
+        return "built"
+
+    srv.latency, srv.responder = 0.4, slow
+    started = time.monotonic()
+    status, _, raw = _post_chat(srv, _chat_body())
+    elapsed = time.monotonic() - started
+    assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"] == "built"
+    assert 0.4 <= elapsed < 0.6
+
+
 def test_slow_script_entry(srv: FakeLLMServer) -> None:
     srv.script = ["slow:0.3"]
     started = time.monotonic()
