@@ -22,7 +22,8 @@ from flows.dialogue_cache import VERDICT
 from flows.programs import list_versions, load_version
 from flows.retrieval import VECTORS
 from flows.simulate import build_programs, program_version
-from modules.callcache import SafeJSONDisk, canonical_json
+from modules.callcache import SafeJSONDisk
+from modules.canonical import canonical_json
 from signatures import JudgeDialogue
 
 

@@ -24,9 +24,9 @@ from modules.callcache import (
     CallStore,
     GroupCommit,
     SafeJSONDisk,
-    canonical_json,
     seal,
 )
+from modules.canonical import canonical_json
 from modules.settings import RoleLMs
 
 DIALOGUE_FORMAT = 2  # 2: values sealed with a checksum

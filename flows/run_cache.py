@@ -30,7 +30,7 @@ from typing import Any
 from flows.code_version import source_fingerprint
 from flows.config import DataRef, MasterConfig
 from flows.simulate import Outcome
-from modules.callcache import canonical_json
+from modules.canonical import canonical_json
 
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"

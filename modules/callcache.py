@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -30,6 +29,7 @@ import diskcache
 from dspy._vendor.lm15.serde import request_to_dict, response_from_dict, response_to_dict
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
+from modules.canonical import canonical_json
 from modules.grammar import header, output_fields
 
 CACHE_FORMAT = 1
@@ -121,10 +121,6 @@ def ledger() -> Iterator[CallLedger]:
 
 def current_ledger() -> CallLedger | None:
     return _ledger.get()
-
-
-def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def call_key(request: Request, slot: int) -> str:

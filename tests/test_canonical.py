@@ -1,0 +1,94 @@
+"""Canonical JSON must stay byte-identical to what every existing cache key was hashed from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Any
+
+import pytest
+from dspy._vendor.lm15.serde import request_to_dict
+from dspy.lm15 import Config, Message, Request
+
+from modules.callcache import CACHE_FORMAT, call_key
+from modules.canonical import _orjson_exact, canonical_json
+
+
+def _reference(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _text(rng: random.Random) -> str:
+    alphabet = 'ab Z09"\\/\n\t\x00\x1f\x7f\u2028é中😀'
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+
+def _float(rng: random.Random) -> float:
+    value = rng.choice((1, -1)) * rng.random() * 10 ** rng.uniform(-12, 300)
+    return float(round(value, rng.randint(0, 8))) if rng.random() < 0.3 else value
+
+
+def _value(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return _text(rng)
+    if kind == 1:
+        return rng.choice((True, False, None))
+    if kind == 2:
+        return rng.choice((0, -1, 2**31, 2**63 - 1, -(2**63), rng.randint(-(10**6), 10**6)))
+    if kind in (3, 4):
+        return _float(rng)
+    if kind == 5:
+        return rng.choice((float("nan"), float("inf"), 1e-05, 2.5e-08, 1e16, -0.0, 0.7))
+    if kind == 6:
+        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+    return {_text(rng): _value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+def test_random_values_are_written_as_json_dumps_writes_them() -> None:
+    rng = random.Random(20261126)
+    for _ in range(5000):
+        value = _value(rng)
+        assert canonical_json(value) == _reference(value), value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        2**63,  # past orjson's integers
+        10**30,
+        "\ud800",  # a lone surrogate: orjson refuses it
+        {"a": "\udfff"},
+        (1, 2.5),  # a tuple: orjson writes it too, but only lists are taken
+        {1: "int key"},
+        {"z": 1, "a": {"y": [1e-07, float("-inf")]}},
+        [True, 1, 1.0],
+    ],
+)
+def test_values_orjson_writes_differently_fall_back(value: Any) -> None:
+    assert canonical_json(value) == _reference(value)
+
+
+def test_what_json_dumps_refuses_is_still_refused() -> None:
+    for value in ({"when": object()}, {(1, 2): "tuple key"}):
+        with pytest.raises(TypeError):
+            _reference(value)
+        with pytest.raises(TypeError):
+            canonical_json(value)
+
+
+def test_a_request_takes_the_fast_path_and_keeps_its_key() -> None:
+    """The speed-up applies to what the cache hashes, and the key is the one every earlier
+    version computed (the standard library's text, hashed)."""
+    request = Request(
+        model="weak",
+        system="Your input fields are:\n1. `question` (str)",
+        messages=(Message.user("[[ ## question ## ]]\nWhat is 2 + 2? é 😀"),),
+        config=Config(temperature=0.7, max_tokens=256, seed=3),
+    )
+    data = request_to_dict(request)
+    assert _orjson_exact({"v": CACHE_FORMAT, "request": data, "rollout": 0})
+    payload = {"v": CACHE_FORMAT, "request": data, "rollout": 2}
+    expected = hashlib.sha256(_reference(payload).encode("utf-8")).hexdigest()
+    assert call_key(request, 2) == expected
