@@ -23,7 +23,7 @@ _SORTED = orjson.OPT_SORT_KEYS
 _INT64 = 2**63
 
 
-def _orjson_exact(data: Any) -> bool:
+def orjson_exact(data: Any) -> bool:
     """Whether orjson writes this value exactly as json.dumps does. Why these cases: orjson
     writes 1e-05 as 0.00001 and NaN or infinity as null, serialises tuples, dataclasses and
     dates that json.dumps refuses or writes otherwise, and bounds integers to 64 bits."""
@@ -56,7 +56,7 @@ def _orjson_exact(data: Any) -> bool:
 
 def canonical_json(data: Any) -> str:
     """``json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
-    if _orjson_exact(data):
+    if orjson_exact(data):
         try:
             return orjson.dumps(data, option=_SORTED).decode("utf-8")
         except orjson.JSONEncodeError:  # a lone surrogate: json.dumps writes it, orjson won't

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 from dspy._vendor.lm15.serde import request_to_dict
 from dspy.lm15 import Config, Message, Request
 
-from modules.callcache import CACHE_FORMAT, call_key
-from modules.canonical import _orjson_exact, canonical_json
+from modules.callcache import CACHE_FORMAT, SafeJSONDisk, call_key
+from modules.canonical import canonical_json, orjson_exact
 
 
 def _reference(data: Any) -> str:
@@ -88,7 +89,28 @@ def test_a_request_takes_the_fast_path_and_keeps_its_key() -> None:
         config=Config(temperature=0.7, max_tokens=256, seed=3),
     )
     data = request_to_dict(request)
-    assert _orjson_exact({"v": CACHE_FORMAT, "request": data, "rollout": 0})
+    assert orjson_exact({"v": CACHE_FORMAT, "request": data, "rollout": 0})
     payload = {"v": CACHE_FORMAT, "request": data, "rollout": 2}
     expected = hashlib.sha256(_reference(payload).encode("utf-8")).hexdigest()
     assert call_key(request, 2) == expected
+
+
+def test_cache_values_round_trip_and_older_rows_still_read(tmp_path: Path) -> None:
+    """SafeJSONDisk writes values with orjson where that keeps them, json.dumps otherwise
+    (NaN survives), and reads rows the standard library wrote before."""
+    import diskcache
+
+    values = [
+        {"response": {"text": "é 😀 \u2028", "usage": {"in": 3}}, "ts": 1764000000.25},
+        {"score": float("nan"), "tiny": 1e-07},
+        [1, "two", None, True],
+    ]
+    with diskcache.Cache(str(tmp_path / "old"), disk=diskcache.JSONDisk) as old:
+        for i, value in enumerate(values):
+            old.set(f"k{i}", value)
+    for folder in ("old", "new"):
+        with diskcache.Cache(str(tmp_path / folder), disk=SafeJSONDisk) as cache:
+            for i, value in enumerate(values):
+                if folder == "new":
+                    cache.set(f"k{i}", value)
+                assert _reference(cache.get(f"k{i}")) == _reference(value)
