@@ -172,9 +172,13 @@ class _RefusesPickles:
             return self.REFUSED_KEY  # listed as unknown, never unpickled
         return super().get(key, raw)  # type: ignore[misc]
 
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+    @staticmethod
+    def _refuse_pickle(mode: int) -> None:
         if mode == diskcache.core.MODE_PICKLE:
             raise ValueError("a cache value stored as a pickle: refused")
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        self._refuse_pickle(mode)
         return super().fetch(mode, filename, value, read)  # type: ignore[misc]
 
 
@@ -193,8 +197,7 @@ class SafeJSONDisk(_RefusesPickles, diskcache.JSONDisk):
         return diskcache.Disk.store(self, data, read, key=key)
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise ValueError("a cache value stored as a pickle: refused")
+        self._refuse_pickle(mode)
         data = diskcache.Disk.fetch(self, mode, filename, value, read)
         if read:
             return data

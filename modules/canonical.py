@@ -15,6 +15,7 @@ writes what it always wrote (or raises what it always raised).
 from __future__ import annotations
 
 import json
+from math import isfinite
 from typing import Any
 
 import orjson
@@ -45,9 +46,7 @@ def orjson_exact(data: Any) -> bool:
             if not -_INT64 <= value < _INT64:
                 return False
         elif kind is float:
-            if value != value or value in (float("inf"), float("-inf")):
-                return False
-            if value and abs(value) < 1e-4:  # repr uses a negative exponent there
+            if not isfinite(value) or (value and abs(value) < 1e-4):  # 1e-05: repr's exponent
                 return False
         else:
             return False

@@ -241,3 +241,13 @@ def test_the_body_is_dspys_own_conversion() -> None:
             expected["max_tokens"] = expected.pop("max_completion_tokens")
         expected["model"] = wire_model(request.model)
         assert json.loads(engine.body(request)) == expected
+
+
+def test_requests_cannot_carry_what_orjson_writes_differently() -> None:
+    """The engine writes bodies with orjson, which writes NaN as null where json.dumps wrote
+    NaN: that is the same body only because DSPy's Request refuses NaN and non-JSON values
+    before any engine sees them."""
+    with pytest.raises(ValueError):
+        Config(temperature=float("nan"))
+    with pytest.raises(TypeError):
+        Config(max_tokens=8, extensions={"repetition_penalty": float("nan")})
