@@ -153,8 +153,9 @@ def _timed_run(
     """One pipeline run on the shared sources against a fake server in its own process.
 
     CPU is this process's and its simulation workers' (reaped before the server is), and the
-    simulation's own wall time (run_jobs: simulate and verify) is timed apart from loading,
-    planning and publishing."""
+    simulation's own wall time (run_jobs: simulate and verify, and the analogy retrieval:
+    first in one process, overlapping the workers) is timed apart from loading, assigning
+    and publishing."""
     import resource
 
     import flows.run
@@ -227,7 +228,7 @@ def bench_throughput(
         "fraction_of_ideal": round(ideal / wall, 3),
         "simulation_wall_s": round(run["simulation"], 2),
         "simulation_fraction_of_ideal": round(ideal / run["simulation"], 3),
-        "fixed_s": round(wall - run["simulation"], 2),  # load, plan, publish
+        "fixed_s": round(wall - run["simulation"], 2),  # load, assign, publish
         "cpu_ms_per_call": round(cpu * 1000 / max(calls, 1), 2),
         "seeds_kept": result.summary["seeds"]["kept"],
         "rejects": run["reasons"],

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -35,7 +36,7 @@ from modules.budget import CallBudget
 log = logging.getLogger("master")
 
 T = TypeVar("T")
-Shard = Callable[[list[Job], MasterConfig, CallBudget | None], T]
+Shard = Callable[[list[Job], MasterConfig, CallBudget | None, Future[list[Job]] | None], T]
 
 
 def worker_count(cfg: MasterConfig, jobs: int, embedded: bool) -> int:
@@ -57,25 +58,39 @@ def run_forked(
     jobs: list[Job],
     cfg: MasterConfig,
     budgets: list[CallBudget | None],
+    later: Callable[[], list[Job]] | None = None,
 ) -> list[T]:
     """`shard` over len(budgets) forked processes, on interleaved parts of the jobs (so
-    each gets its share of every scenario); the children's results, in child order."""
+    each gets its share of every scenario); the children's results, in child order.
+
+    `later` plans more jobs here while the children already run: each gets its
+    interleaved part of them through a pipe (the parent is otherwise idle until the end)."""
     workers = len(budgets)
     child_cfg = shard_config(cfg, workers)
     context = multiprocessing.get_context("fork")
     children: list[tuple[Any, Connection]] = []
+    feeds: list[Connection] = []
     for index, budget in enumerate(budgets):
         receive, send = context.Pipe(duplex=False)
+        feed_out, feed_in = context.Pipe(duplex=False) if later is not None else (None, None)
         process = context.Process(
             target=_child,
-            args=(shard, jobs[index::workers], child_cfg, budget, send, os.getpid()),
+            args=(shard, jobs[index::workers], child_cfg, budget, send, os.getpid(), feed_out),
             name=f"master-worker-{index}",
         )
         process.start()
         send.close()
+        if feed_out is not None and feed_in is not None:
+            feed_out.close()
+            feeds.append(feed_in)
         children.append((process, receive))
     log.info("simulating over %d worker processes", workers)
     try:
+        if later is not None:
+            planned = later()
+            for index, feed in enumerate(feeds):
+                feed.send(planned[index::workers])
+                feed.close()
         results = [_result(process, receive) for process, receive in children]
     except BaseException:
         for process, _ in children:  # Ctrl-C or a failed child: every child keeps what it has
@@ -83,6 +98,8 @@ def run_forked(
                 os.kill(process.pid, signal.SIGINT)
         raise
     finally:
+        for feed in feeds:
+            feed.close()  # a child still waiting for later jobs gets EOF: it stops
         for process, receive in children:
             receive.close()  # a child still sending gets a broken pipe instead of hanging
             process.join()
@@ -114,11 +131,13 @@ def _child(
     budget: CallBudget | None,
     send: Connection,
     parent: int,
+    feed: Connection | None,
 ) -> None:
     signal.signal(signal.SIGINT, _interrupt_once)
     threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
     try:
-        send.send(("ok", shard(jobs, cfg, budget)))
+        later = _received(feed) if feed is not None else None
+        send.send(("ok", shard(jobs, cfg, budget, later)))
     except BaseException as exc:  # noqa: BLE001 - re-raised in the parent
         try:
             send.send(("error", exc))
@@ -126,6 +145,25 @@ def _child(
             send.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
     finally:
         send.close()
+
+
+def _received(feed: Connection) -> Future[list[Job]]:
+    """The jobs the parent sends once it has planned them, read on a thread of their own so
+    the child's loop runs its other jobs meanwhile."""
+    future: Future[list[Job]] = Future()
+
+    def receive() -> None:
+        try:
+            future.set_result(feed.recv())
+        except EOFError:  # the parent failed to plan them (it reports why) or is gone
+            future.set_exception(RuntimeError("the parent process sent no analogy jobs"))
+        except BaseException as exc:  # noqa: BLE001 - raised on the child's loop
+            future.set_exception(exc)
+        finally:
+            feed.close()
+
+    threading.Thread(target=receive, name="receive-later-jobs", daemon=True).start()
+    return future
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:

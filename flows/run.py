@@ -11,6 +11,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from flows.output import (
 )
 from flows.plots import PLOTS, plots_markdown, write_plots
 from flows.programs import configured_programs
-from flows.records import Reject
+from flows.records import Reject, Seed
 from flows.report import render_report
 from flows.retrieval import (
     Embedder,
@@ -82,20 +83,35 @@ def roles_in_use(cfg: MasterConfig) -> tuple[Role, ...]:
     return tuple(sorted(used))  # type: ignore[arg-type]
 
 
-def plan_jobs(
+def assign_jobs(loaded: LoadResult, cfg: MasterConfig) -> tuple[list[Job], list[Seed]]:
+    """Every seed's scenario and rounds: the jobs that need nothing more, and the analogy
+    seeds, whose similar question is retrieved next (`partner_jobs`)."""
+    ready: list[Job] = []
+    analogy: list[Seed] = []
+    for seed in loaded.seeds:
+        scenario = assign_scenario(seed.id, cfg.scenarios.proportions)
+        if scenario == "analogy":
+            analogy.append(seed)
+            continue
+        rounds = debate_rounds(seed.id, cfg.scenarios.debate_rounds)
+        ready.append(Job(seed=seed, scenario=scenario, rounds=rounds))
+    return ready, analogy
+
+
+def partner_jobs(
+    analogy: list[Seed],
     loaded: LoadResult,
     cfg: MasterConfig,
     embedder: Embedder | None = None,
     remember: bool = True,
 ) -> tuple[list[Job], list[Reject]]:
-    """Decide every seed's scenario, rounds and analogy partner before any LM call.
+    """The analogy jobs, each with the most similar question of the pool as its partner,
+    and a reject for each seed whose domain has no other question.
 
-    Analogy partners are sticky: a choice made by an earlier run is kept while that partner is
+    Partners are sticky: a choice made by an earlier run is kept while that partner is
     still in the pool, so adding seeds to a source never re-runs earlier analogy dialogues."""
-    assigned = [(s, assign_scenario(s.id, cfg.scenarios.proportions)) for s in loaded.seeds]
-    analogy = [s for s, scen in assigned if scen == "analogy"]
     similar: dict[str, Any] = {}
-    remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled else None
+    remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled and analogy else None
     try:
         if remembered is not None:
             similar = remembered.recall(analogy, loaded.pool)
@@ -112,8 +128,9 @@ def plan_jobs(
         if remembered is not None:
             remembered.close()
     jobs, rejects = [], []
-    for seed, scenario in assigned:
-        if scenario == "analogy" and similar.get(seed.id) is None:
+    for seed in analogy:
+        match = similar.get(seed.id)
+        if match is None:
             rejects.append(
                 Reject(
                     stage="retrieve",
@@ -124,26 +141,56 @@ def plan_jobs(
                 )
             )
             continue
-        match = similar.get(seed.id)
-        jobs.append(
-            Job(
-                seed=seed,
-                scenario=scenario,
-                rounds=debate_rounds(seed.id, cfg.scenarios.debate_rounds),
-                similar=match.seed if match else None,
-            )
-        )
+        rounds = debate_rounds(seed.id, cfg.scenarios.debate_rounds)  # as every job has
+        jobs.append(Job(seed=seed, scenario="analogy", rounds=rounds, similar=match.seed))
     return jobs, rejects
 
 
-def _progress(total: int) -> Any:
-    state = {"done": 0, "start": time.monotonic()}
+def plan_jobs(
+    loaded: LoadResult,
+    cfg: MasterConfig,
+    embedder: Embedder | None = None,
+    remember: bool = True,
+) -> tuple[list[Job], list[Reject]]:
+    """Decide every seed's scenario, rounds and analogy partner before any LM call; the jobs
+    in seed order. (`master run` retrieves the partners while the other jobs already run:
+    `run_jobs` with `later`.)"""
+    ready, analogy = assign_jobs(loaded, cfg)
+    partnered, rejects = partner_jobs(analogy, loaded, cfg, embedder, remember)
+    position = {id(seed): index for index, seed in enumerate(loaded.seeds)}
+    jobs = sorted([*ready, *partnered], key=lambda job: position[id(job.seed)])
+    return jobs, rejects
+
+
+class LaterJobs:
+    """Jobs planned while others already run (the analogy jobs, whose retrieval is the one
+    slow step of planning), and the rejects their planning gave."""
+
+    def __init__(self, plan: Callable[[], tuple[list[Job], list[Reject]]], seeds: int) -> None:
+        self._plan = plan
+        self.seeds = seeds  # the seeds being planned: at most this many jobs
+        self.rejects: list[Reject] = []
+
+    def __call__(self) -> list[Job]:
+        jobs, self.rejects = self._plan()
+        return jobs
+
+
+def _progress(total: int, later: Future[list[Job]] | None = None) -> Any:
+    state = {"done": 0, "total": total, "start": time.monotonic()}
+
+    def planned(future: Future[list[Job]]) -> None:  # later jobs join the count as they come
+        if not future.cancelled() and future.exception() is None:
+            state["total"] += len(future.result())
+
+    if later is not None:
+        later.add_done_callback(planned)
 
     def on_done(outcome: Outcome) -> None:
         state["done"] += 1
-        done = state["done"]
+        done, total = state["done"], state["total"]
         elapsed = time.monotonic() - state["start"]
-        eta = elapsed / done * (total - done)
+        eta = elapsed / done * max(total - done, 0)
         status = "ok" if outcome.dialogue else f"failed ({outcome.reject.reason})"  # type: ignore[union-attr]
         log.info("dialogue %d/%d %s %s, eta %.0fs", done, total, outcome.job.scenario, status, eta)
 
@@ -176,11 +223,12 @@ def new_budget(cfg: MasterConfig, share: float = 1.0) -> CallBudget | None:
 
 
 def open_programs(
-    cfg: MasterConfig, jobs: list[Job], budget: CallBudget | None = None
+    cfg: MasterConfig, scenarios: set[str], budget: CallBudget | None = None
 ) -> tuple[dict, CallStore | None]:
-    """The scenario programs on the LMs of the roles these jobs need, and the call cache."""
+    """The scenario programs on the LMs of the roles these scenarios need, and the call
+    cache."""
     store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
-    needed = tuple(sorted({r for j in jobs for r in ROLES_BY_SCENARIO[j.scenario]}))
+    needed = tuple(sorted({r for scenario in scenarios for r in ROLES_BY_SCENARIO[scenario]}))
     lms = build_role_lms(cfg.lms, store, needed, budget)  # type: ignore[arg-type]
     return configured_programs(lms, cfg.scenarios.programs, cfg.optimize.programs_dir), store
 
@@ -214,14 +262,16 @@ def _shard(
     cfg: MasterConfig,
     budget: CallBudget | None,
     emit: Callable[[int, Outcome], None],
+    later: Future[list[Job]] | None = None,
 ) -> None:
-    """Simulate and verify one shard of jobs, with its own programs and cache handle;
-    emit(job index, outcome) as each outcome is final."""
-    programs, store = open_programs(cfg, jobs, budget)
+    """Simulate and verify one shard of jobs (and the `later` ones, when they come), with
+    its own programs and cache handle; emit(job index, outcome) as each outcome is final."""
+    scenarios = {job.scenario for job in jobs} | ({"analogy"} if later is not None else set())
+    programs, store = open_programs(cfg, scenarios, budget)
     dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
     judge = open_judge(cfg, store, budget)
     verdicts = verdict_book(cfg, dialogues, judge)
-    progress = _progress(len(jobs))
+    progress = _progress(len(jobs), later)
 
     async def verify(outcome: Outcome) -> None:
         await averify_outcome(outcome, cfg, judge, verdicts)
@@ -244,6 +294,7 @@ def _shard(
             dialogues=dialogues,
             after=verify if checking else None,
             after_hits=verify_hits if checking else None,
+            later=later,
         )
     finally:
         if store is not None:
@@ -262,31 +313,50 @@ def run_shard(
 
 
 def collect_shard(
-    jobs: list[Job], cfg: MasterConfig, budget: CallBudget | None, collected: Collected
+    jobs: list[Job],
+    cfg: MasterConfig,
+    budget: CallBudget | None,
+    collected: Collected,
+    later: Future[list[Job]] | None = None,
 ) -> Collected:
     """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
     stays in memory but its traces (flows/collect.py)."""
     try:
-        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome))
+        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome), later)
     finally:
         collected.close()
     return collected
 
 
-def run_jobs(jobs: list[Job], cfg: MasterConfig, spill: Path) -> Collected:
+def run_jobs(
+    jobs: list[Job], cfg: MasterConfig, spill: Path, later: LaterJobs | None = None
+) -> Collected:
     """Every job simulated, verified and collected (accepted rows spilled under `spill`), in
     this process or over run.workers forked ones (each with an equal share of the budget,
-    as Dask shards have, and a spill file of its own)."""
+    as Dask shards have, and a spill file of its own).
+
+    `later` plans more jobs. Over workers, the parent plans them once the workers are
+    started (it is otherwise idle) and sends each its share through a pipe, so the analogy
+    retrieval overlaps the simulation. In one process they are planned first: a planning
+    thread would hold the GIL the event loop needs (measured: the simulation slowed by more
+    than the planning it hid)."""
     embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
-    workers = worker_count(cfg, len(jobs), embedded)
+    workers = worker_count(cfg, len(jobs) + (later.seeds if later is not None else 0), embedded)
     if workers == 1:
+        jobs = [*jobs, *later()] if later is not None else jobs
         return collect_shard(jobs, cfg, new_budget(cfg), Collected(spill / "rows.jsonl"))
 
-    def shard(part: list[Job], child: MasterConfig, budget: CallBudget | None) -> Collected:
-        return collect_shard(part, child, budget, Collected(spill / f"rows-{os.getpid()}.jsonl"))
+    def shard(
+        part: list[Job],
+        child: MasterConfig,
+        budget: CallBudget | None,
+        pending: Future[list[Job]] | None,
+    ) -> Collected:
+        rows = Collected(spill / f"rows-{os.getpid()}.jsonl")
+        return collect_shard(part, child, budget, rows, pending)
 
     budgets = [new_budget(cfg, 1 / workers) for _ in range(workers)]
-    collected, *others = run_forked(shard, jobs, cfg, budgets)
+    collected, *others = run_forked(shard, jobs, cfg, budgets, later)
     for other in others:
         collected.merge(other)
     return collected
@@ -438,9 +508,13 @@ def _run_pipeline(
         loaded.exact_duplicates + loaded.near_duplicates,
         loaded.contaminated,
     )
-    jobs, plan_rejects = plan_jobs(loaded, cfg, embedder)
+    ready, analogy = assign_jobs(loaded, cfg)
+    later = None
+    if analogy:
+        later = LaterJobs(lambda: partner_jobs(analogy, loaded, cfg, embedder), len(analogy))
     try:
-        collected = run_jobs(jobs, cfg, spill_folder(out, "run"))
+        collected = run_jobs(ready, cfg, spill_folder(out, "run"), later)
+        plan_rejects = later.rejects if later is not None else []
         summary = publish(cfg, out, loaded, plan_rejects, collected, started, key)
     finally:
         clear_spills(out)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,6 +311,7 @@ def stream(
     dialogues: DialogueStore | None = None,
     after: Callable[[Outcome], Awaitable[None]] | None = None,
     after_hits: Callable[[list[Outcome]], None] | None = None,
+    later: Future[list[Job]] | None = None,
 ) -> None:
     """Run every job with up to run.concurrency dialogues in flight; emit(job index, outcome)
     as each one is final, in the order they finish. Nothing is kept here once emitted.
@@ -317,11 +319,18 @@ def stream(
     Dialogues already in the dialogue cache are answered first, without the event loop, a
     chunk at a time (`after_hits` sees each chunk before it is emitted): a fully cached rerun
     costs one cache read per seed. `after` runs in a simulated dialogue's own task once it is
-    stored (the run's verification and judge call, overlapping the other dialogues)."""
+    stored (the run's verification and judge call, overlapping the other dialogues).
+
+    `later` brings jobs still being planned (the analogy jobs, while their similar questions
+    are retrieved): they join the queue when they arrive, numbered after `jobs`, and are
+    looked up in the dialogue cache there, one at a time."""
     versions = {name: program_version(p) for name, p in programs.items()}
     stamps = Stamps(cfg)
-    todo: list[tuple[int, Job, str | None]] = []
+    todo: list[tuple[int, Job, str | None, bool]] = []
     hits: list[tuple[int, Outcome]] = []
+
+    def key_of(job: Job) -> str | None:
+        return dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues else None
 
     def emit_hits() -> None:
         if after_hits is not None:
@@ -331,10 +340,10 @@ def stream(
         hits.clear()
 
     for index, job in enumerate(jobs):
-        key = dialogue_key(job, versions[job.scenario], cfg.lms) if dialogues else None
+        key = key_of(job)
         hit = dialogues.get(key) if dialogues is not None and key is not None else None
         if hit is None:
-            todo.append((index, job, key))
+            todo.append((index, job, key, True))
             continue
         outcome = finished(job, hit["turns"], replayed_calls(hit), cfg, versions, stamps)
         outcome.key = key
@@ -342,31 +351,54 @@ def stream(
         if len(hits) >= HIT_CHUNK:
             emit_hits()
     emit_hits()
-    if not todo:
+    if not todo and later is None:
         return
     breaker = Breaker(cfg.run.breaker_failures)
 
-    async def work(queue: list[tuple[int, Job, str | None]]) -> None:
-        while queue:
-            index, job, key = queue.pop()
+    def order(item: tuple[int, Job, str | None, bool]) -> tuple[int, int]:
+        # Popped from the end: the longest dialogues start first, then job order. The last
+        # dialogues in flight are then short ones, so the run's tail (fewer than
+        # run.concurrency dialogues left, the endpoint idling) is as short as it can be.
+        return item[1].model_turns, -item[0]
+
+    queue = sorted(todo, key=order)
+
+    async def arrive(pending: Future[list[Job]]) -> None:
+        """The later jobs into the queue, in the same order, not yet looked up."""
+        start = len(jobs)
+        arrived = await asyncio.wrap_future(pending)
+        queue.extend((start + i, job, key_of(job), False) for i, job in enumerate(arrived))
+        queue.sort(key=order)
+
+    async def one(index: int, job: Job, key: str | None, looked_up: bool) -> Outcome:
+        hit = None if looked_up or dialogues is None or key is None else dialogues.get(key)
+        if hit is not None:  # a later job whose dialogue an earlier run made
+            outcome = finished(job, hit["turns"], replayed_calls(hit), cfg, versions, stamps)
+        else:
+            outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
+            breaker.record(outcome)
+        outcome.key = key
+        return outcome
+
+    async def work(arrival: asyncio.Future[None] | None) -> None:
+        while queue or (arrival is not None and not arrival.done()):
+            if not queue:
+                await asyncio.shield(arrival)  # type: ignore[arg-type]
+                continue
+            index, job, key, looked_up = queue.pop()
             if breaker.tripped:
                 emit(index, not_started(job, breaker.reason()))
                 continue
-            outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
-            outcome.key = key
-            breaker.record(outcome)
+            outcome = await one(index, job, key, looked_up)
             if after is not None:
                 await after(outcome)
             emit(index, outcome)
 
     async def main() -> None:
         asyncio.get_running_loop().set_default_executor(InlineDSPyHelpers())
-        # Popped from the end: the longest dialogues start first, then job order. The
-        # last dialogues in flight are then short ones, so the run's tail (fewer than
-        # run.concurrency dialogues left, the endpoint idling) is as short as it can be.
-        queue = sorted(todo, key=lambda t: (t[1].model_turns, -t[0]))
+        arrival = asyncio.ensure_future(arrive(later)) if later is not None else None
         try:
-            workers = min(cfg.run.concurrency, len(todo))
+            workers = min(cfg.run.concurrency, len(todo) if later is None else cfg.run.concurrency)
             # No DSPy history entries: nothing in a run reads them (our ledger and cache
             # record every call), and DSPy keeps up to 10,000 per LM, per predictor and
             # globally, each with the whole prompt: about 0.9 GB at 10,000 seeds, and CPU
@@ -375,13 +407,15 @@ def stream(
             # their own programs), at about 10 KB each. Prompts, requests and cache keys
             # are unaffected.
             with dspy.context(disable_history=True, trace=None):
-                tasks = [asyncio.ensure_future(work(queue)) for _ in range(workers)]
+                tasks = [asyncio.ensure_future(work(arrival)) for _ in range(workers)]
                 watcher = asyncio.ensure_future(_cancel_on_stop(tasks))
-                try:
-                    await asyncio.gather(*tasks)
+                try:  # planning failing fails the run at once, as it did before any call
+                    await asyncio.gather(*tasks, *([arrival] if arrival is not None else []))
                 finally:
                     watcher.cancel()
         finally:
+            if arrival is not None and not arrival.done():
+                arrival.cancel()
             await close_loop_sessions()
 
     with quiet_gc():

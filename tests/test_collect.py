@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import multiprocessing
 import pickle
 import weakref
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from flows.collect import Collected
 from flows.config import MergeConfig, PublishConfig, load_config
 from flows.merge import PublishedRows, merge_refs, merge_rows
 from flows.output import dataset_row, write_dataset
-from flows.run import plan_jobs, run_jobs, run_pipeline
+from flows.run import LaterJobs, assign_jobs, partner_jobs, plan_jobs, run_jobs, run_pipeline
 from flows.seeds import load_seeds
 from flows.simulate import Outcome
 
@@ -150,3 +152,54 @@ def test_a_run_removes_its_spill_and_one_a_killed_run_left(
     summary = run_pipeline(load_config(config), out, embedder=embedder).summary
     assert summary["rows"]["published"] == 4
     assert not list(out.glob(".spill-*")) and not list(out.glob(".hf-cache-*"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_analogy_jobs_planned_during_the_run_give_the_rows_of_jobs_planned_before(
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    embedder: Any,
+    tmp_path: Path,
+    workers: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`master run` retrieves the analogy partners while the other dialogues run (on a
+    thread, or in the parent of the workers, which send the children their share): the
+    rows and rejects are those of planning everything first."""
+    config = write_config(role_lms(fake_llm.base_url), sample=18, run={"workers": workers})
+    cfg = load_config(config)
+    loaded = load_seeds(cfg.seeds)
+    jobs, rejects = plan_jobs(loaded, cfg, embedder)
+    before = run_jobs(jobs, cfg, tmp_path / "before")
+    ready, analogy = assign_jobs(loaded, cfg)
+    assert ready and analogy  # the sample has both kinds
+    later = LaterJobs(lambda: partner_jobs(analogy, loaded, cfg, embedder), len(analogy))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="master"):
+        during = run_jobs(ready, cfg, tmp_path / "during", later)
+    assert later.rejects == rejects
+    if workers == 1:  # the progress count takes the later jobs in
+        counts = [r.args[:2] for r in caplog.records if r.msg.startswith("dialogue %d/%d")]
+        assert counts[-1] == (len(jobs), len(jobs))
+    assert during.outcomes == before.outcomes == len(jobs)
+    assert during.accepted == before.accepted and during.accepted["analogy"] > 0
+    one, _ = merge_refs(before.refs, loaded.seeds, MergeConfig())
+    two, _ = merge_refs(during.refs, loaded.seeds, MergeConfig())
+    assert list(PublishedRows(one)) == list(PublishedRows(two))
+
+
+def test_a_retrieval_that_fails_in_the_parent_stops_the_workers_and_names_the_error(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = write_config(role_lms(fake_llm.base_url), sample=18, run={"workers": 2})
+    cfg = load_config(config)
+    loaded = load_seeds(cfg.seeds)
+    ready, analogy = assign_jobs(loaded, cfg)
+
+    def broken(texts: Any) -> Any:
+        raise OSError("embedding model files unreadable")
+
+    later = LaterJobs(lambda: partner_jobs(analogy, loaded, cfg, broken), len(analogy))
+    with pytest.raises(OSError, match="embedding model files unreadable"):
+        run_jobs(ready, cfg, tmp_path / "spill", later)
+    assert not multiprocessing.active_children()  # no worker left behind

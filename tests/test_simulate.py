@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import dspy
+import pytest
 
 from flows.config import load_config
+from flows.dialogue_cache import DialogueStore
 from flows.jobs import Job
 from flows.records import Seed
 from flows.simulate import Outcome, stream
@@ -67,8 +71,6 @@ def test_the_gc_settings_are_restored_after_a_run() -> None:
 
 def test_overlapping_runs_in_threads_restore_the_gc_settings_once_the_last_ends() -> None:
     """Prefect runs shards in threads: the first run in must not restore under the second."""
-    import threading
-
     from flows.simulate import quiet_gc
 
     before = gc.get_threshold()
@@ -88,3 +90,62 @@ def test_overlapping_runs_in_threads_restore_the_gc_settings_once_the_last_ends(
         thread.join()
         assert gc.get_threshold() == raised != before  # still quiet: a run is on
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def _later(jobs: list[Job], delay: float) -> Future[list[Job]]:
+    """The jobs, as a planner thread hands them over after `delay` seconds."""
+    future: Future[list[Job]] = Future()
+    threading.Timer(delay, future.set_result, args=(jobs,)).start()
+    return future
+
+
+def test_later_jobs_join_the_queue_and_are_numbered_after_the_others() -> None:
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "4"})
+    started: list[str] = []
+    stub = Stub(started)
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+    jobs, extra = _jobs()[:2], _jobs()[2:]
+    outcomes: list[Any] = [None] * 6
+    stream(jobs, programs, cfg, outcomes.__setitem__, later=_later(extra, 0.05))  # type: ignore[arg-type]
+    assert sorted(started) == [f"q{i}" for i in range(6)]
+    assert [o.job.seed.question for o in outcomes] == [f"q{i}" for i in range(6)]
+    # with nothing to start with, the workers wait for the later jobs instead of ending
+    started.clear()
+    outcomes = [None] * 4
+    stream([], programs, cfg, outcomes.__setitem__, later=_later(extra, 0.05))  # type: ignore[arg-type]
+    assert sorted(started) == ["q2", "q3", "q4", "q5"]
+    assert [o.job.seed.question for o in outcomes] == ["q2", "q3", "q4", "q5"]
+
+
+def test_later_jobs_already_in_the_dialogue_cache_are_not_simulated_again(
+    tmp_path: Path,
+) -> None:
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "2"})
+    started: list[str] = []
+    stub = Stub(started)
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+    jobs = _jobs()
+    store = DialogueStore(tmp_path / "cache")
+    try:
+        stream(jobs[:3], programs, cfg, lambda i, o: None, dialogues=store)  # type: ignore[arg-type]
+        started.clear()
+        outcomes: list[Any] = [None] * 6
+        stream([], programs, cfg, outcomes.__setitem__, dialogues=store, later=_later(jobs, 0))  # type: ignore[arg-type]
+    finally:
+        store.close()
+    assert sorted(started) == ["q3", "q4", "q5"]  # q0-q2 answered by the cache
+    assert [o.job.seed.question for o in outcomes] == [f"q{i}" for i in range(6)]
+    assert all(o.key is not None and o.dialogue is not None for o in outcomes)
+
+
+def test_planning_that_fails_fails_the_stream_without_waiting_for_the_other_jobs() -> None:
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "1"})
+    started: list[str] = []
+    stub = Stub(started)
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+    failed: Future[list[Job]] = Future()
+    failed.set_exception(OSError("retrieval index unreadable"))
+    many = [Job(seed=Seed.create("s", "math", f"m{i}", "r"), scenario="analogy") for i in range(50)]
+    with pytest.raises(OSError, match="retrieval index unreadable"):
+        stream(many, programs, cfg, lambda i, o: None, later=failed)  # type: ignore[arg-type]
+    assert len(started) < 5  # not the 50 jobs at 10 ms each first
