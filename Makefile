@@ -40,8 +40,10 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(VENV)/bin/master run --out $(OUT)
 
+# Two xdist workers: most tests wait on a fake server or a child process, not a core. The
+# tests that load both cores run on one worker, one at a time (tests/conftest.py).
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check flows modules signatures tests benchmarks

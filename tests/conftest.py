@@ -30,6 +30,18 @@ SHARED_DATA = Path(os.environ.get("MASTER_SHARED_DATA", PROJECT.parent / "shared
 BUNDLED = PROJECT / "data" / "seeds"
 
 
+#: Tests that load both cores on their own (the embedded model's llama.cpp threads, a Prefect
+#: server and worker, a Dask cluster): `make test` runs the suite on two xdist workers and
+#: keeps these on one of them, one at a time, while the other worker takes the rest.
+HEAVY_MODULES = {"test_embedded.py", "test_deployment.py", "test_dask.py", "test_flow.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HEAVY_MODULES or item.get_closest_marker("embedded"):
+            item.add_marker(pytest.mark.xdist_group("heavy"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No MASTER__ override or profile from the developer's shell leaks into a test."""
