@@ -153,9 +153,8 @@ def _timed_run(
     """One pipeline run on the shared sources against a fake server in its own process.
 
     CPU is this process's and its simulation workers' (reaped before the server is), and the
-    simulation's own wall time (run_jobs: simulate and verify, and the analogy retrieval:
-    first in one process, overlapping the workers) is timed apart from loading, assigning
-    and publishing."""
+    simulation's own wall time (run_jobs: simulate and verify, with the analogy retrieval
+    overlapping them) is timed apart from loading, assigning and publishing."""
     import resource
 
     import flows.run

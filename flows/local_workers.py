@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -106,6 +107,60 @@ def run_forked(
     return results
 
 
+def in_forked_process(work: Callable[[], T], name: str) -> Future[T]:
+    """work() in a forked process of its own; its result, or its failure, in the future.
+
+    For CPU work beside the one process's simulation (the analogy retrieval): a thread
+    would hold the GIL the event loop needs, a process runs on the other core. Daemonic:
+    it never outlives this process's normal exit."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_work_child, args=(work, send), name=name, daemon=True)
+    process.start()
+    send.close()
+    future: Future[T] = Future()
+
+    def wait() -> None:
+        try:
+            status, value = receive.recv()
+        except EOFError:
+            status, value = "gone", None
+        finally:
+            receive.close()
+            process.join()  # before the result: nothing is left running once it is known
+        if status == "gone":
+            value = RuntimeError(f"{name} ended without a result (exit code {process.exitcode})")
+        (future.set_result if status == "ok" else future.set_exception)(value)
+
+    threading.Thread(target=wait, name=f"{name}-result", daemon=True).start()
+    return future
+
+
+def forking_is_safe() -> bool:
+    """Whether a forked child may do anything this process can: not where fork is missing,
+    nor once torch is loaded (its thread pools do not survive a fork; the child would embed
+    with them)."""
+    return os.name == "posix" and "torch" not in sys.modules
+
+
+def _work_child(work: Callable[[], Any], send: Connection) -> None:
+    try:
+        _send(send, ("ok", work()))
+    except BaseException as exc:  # noqa: BLE001 - raised in the parent
+        _send(send, ("error", exc))
+    finally:
+        send.close()
+
+
+def _send(send: Connection, message: tuple[str, Any]) -> None:
+    try:
+        send.send(message)
+    except Exception:  # noqa: BLE001 - something that does not pickle
+        if message[0] == "ok":
+            raise
+        send.send(("error", RuntimeError(f"{type(message[1]).__name__}: {message[1]}")))
+
+
 def _result(process: Any, receive: Connection) -> Any:
     # Polled, not one blocking read: Ctrl-C may be delivered to another thread of this
     # process (torch's, after the embedder ran), and then only the main thread running
@@ -139,10 +194,7 @@ def _child(
         later = _received(feed) if feed is not None else None
         send.send(("ok", shard(jobs, cfg, budget, later)))
     except BaseException as exc:  # noqa: BLE001 - re-raised in the parent
-        try:
-            send.send(("error", exc))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle
-            send.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+        _send(send, ("error", exc))
     finally:
         send.close()
 

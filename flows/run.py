@@ -25,7 +25,7 @@ from flows.config import SCENARIOS, MasterConfig
 from flows.dialogue_cache import DialogueStore
 from flows.jobs import ROLES_BY_SCENARIO, Job
 from flows.lengths import row_shape
-from flows.local_workers import run_forked, worker_count
+from flows.local_workers import forking_is_safe, in_forked_process, run_forked, worker_count
 from flows.merge import PublishedRows, merge_refs
 from flows.output import (
     output_lock,
@@ -172,7 +172,23 @@ class LaterJobs:
         self.rejects: list[Reject] = []
 
     def __call__(self) -> list[Job]:
-        jobs, self.rejects = self._plan()
+        return self._took(self._plan())
+
+    def _took(self, planned: tuple[list[Job], list[Reject]]) -> list[Job]:
+        jobs, self.rejects = planned
+        return jobs
+
+    def in_process(self) -> Future[list[Job]]:
+        """Planned in a forked process while this one simulates the other jobs."""
+        jobs: Future[list[Job]] = Future()
+
+        def took(planned: Future[tuple[list[Job], list[Reject]]]) -> None:
+            try:
+                jobs.set_result(self._took(planned.result()))
+            except BaseException as exc:  # noqa: BLE001 - raised on the simulation's loop
+                jobs.set_exception(exc)
+
+        in_forked_process(self._plan, "master-planner").add_done_callback(took)
         return jobs
 
 
@@ -335,16 +351,22 @@ def run_jobs(
     this process or over run.workers forked ones (each with an equal share of the budget,
     as Dask shards have, and a spill file of its own).
 
-    `later` plans more jobs. Over workers, the parent plans them once the workers are
-    started (it is otherwise idle) and sends each its share through a pipe, so the analogy
-    retrieval overlaps the simulation. In one process they are planned first: a planning
-    thread would hold the GIL the event loop needs (measured: the simulation slowed by more
-    than the planning it hid)."""
+    `later` plans more jobs while these run, so the analogy retrieval overlaps the
+    simulation: over workers, in the parent once they are started (it is otherwise idle),
+    which sends each its share through a pipe; in one process, in a forked planning
+    process (a thread would hold the GIL the event loop needs: measured, the simulation
+    slowed by more than the planning it hid). Where forking is not safe they are planned
+    first."""
     embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
     workers = worker_count(cfg, len(jobs) + (later.seeds if later is not None else 0), embedded)
     if workers == 1:
-        jobs = [*jobs, *later()] if later is not None else jobs
-        return collect_shard(jobs, cfg, new_budget(cfg), Collected(spill / "rows.jsonl"))
+        pending = None
+        if later is not None and forking_is_safe():
+            pending = later.in_process()
+        elif later is not None:
+            jobs = [*jobs, *later()]
+        collected = Collected(spill / "rows.jsonl")
+        return collect_shard(jobs, cfg, new_budget(cfg), collected, pending)
 
     def shard(
         part: list[Job],

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import flows.output
+import flows.run
 from conftest import role_lms
 from fake_llm import FakeLLMServer
 from flows.collect import Collected
@@ -154,18 +155,23 @@ def test_a_run_removes_its_spill_and_one_a_killed_run_left(
     assert not list(out.glob(".spill-*")) and not list(out.glob(".hf-cache-*"))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "workers, fork", [(1, True), (1, False), (2, True)], ids=["planner", "first", "workers"]
+)
 def test_analogy_jobs_planned_during_the_run_give_the_rows_of_jobs_planned_before(
     fake_llm: FakeLLMServer,
     write_config: Callable[..., Path],
     embedder: Any,
     tmp_path: Path,
     workers: int,
+    fork: bool,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`master run` retrieves the analogy partners while the other dialogues run (on a
-    thread, or in the parent of the workers, which send the children their share): the
-    rows and rejects are those of planning everything first."""
+    """`master run` retrieves the analogy partners while the other dialogues run (in a
+    forked planner, or in the parent of the workers, which send the children their share;
+    first where forking is unsafe): the rows and rejects are those of planning first."""
+    monkeypatch.setattr(flows.run, "forking_is_safe", lambda: fork)
     config = write_config(role_lms(fake_llm.base_url), sample=18, run={"workers": workers})
     cfg = load_config(config)
     loaded = load_seeds(cfg.seeds)
@@ -188,10 +194,20 @@ def test_analogy_jobs_planned_during_the_run_give_the_rows_of_jobs_planned_befor
     assert list(PublishedRows(one)) == list(PublishedRows(two))
 
 
-def test_a_retrieval_that_fails_in_the_parent_stops_the_workers_and_names_the_error(
-    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+@pytest.mark.parametrize("workers", [1, 2], ids=["planner", "workers"])
+def test_a_retrieval_that_fails_stops_the_run_and_names_the_error(
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = write_config(role_lms(fake_llm.base_url), sample=18, run={"workers": 2})
+    """In the forked planner or in the workers' parent: the run fails with the planning's
+    own error, at once, and leaves no process behind."""
+    monkeypatch.setattr(flows.run, "forking_is_safe", lambda: True)
+    config = write_config(
+        role_lms(fake_llm.base_url), sample=18, run={"workers": workers, "concurrency": 1}
+    )
     cfg = load_config(config)
     loaded = load_seeds(cfg.seeds)
     ready, analogy = assign_jobs(loaded, cfg)
@@ -200,6 +216,8 @@ def test_a_retrieval_that_fails_in_the_parent_stops_the_workers_and_names_the_er
         raise OSError("embedding model files unreadable")
 
     later = LaterJobs(lambda: partner_jobs(analogy, loaded, cfg, broken), len(analogy))
+    requests = fake_llm.request_count
     with pytest.raises(OSError, match="embedding model files unreadable"):
         run_jobs(ready, cfg, tmp_path / "spill", later)
+    assert fake_llm.request_count - requests < len(ready)  # not every other dialogue first
     assert not multiprocessing.active_children()  # no worker left behind
