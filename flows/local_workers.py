@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -111,11 +112,15 @@ def in_forked_process(work: Callable[[], T], name: str) -> Future[T]:
     """work() in a forked process of its own; its result, or its failure, in the future.
 
     For CPU work beside the one process's simulation (the analogy retrieval): a thread
-    would hold the GIL the event loop needs, a process runs on the other core. Daemonic:
-    it never outlives this process's normal exit."""
+    would hold the GIL the event loop needs, a process runs on the other core. Daemonic, it
+    never outlives this process's normal exit, and it ends within 0.2 s of this process
+    being killed: its work is then of no use, and it holds what it inherited (the output
+    folder's flock, which would refuse the rerun)."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_work_child, args=(work, send), name=name, daemon=True)
+    process = context.Process(
+        target=_work_child, args=(work, send, os.getpid()), name=name, daemon=True
+    )
     process.start()
     send.close()
     future: Future[T] = Future()
@@ -143,13 +148,20 @@ def forking_is_safe() -> bool:
     return os.name == "posix" and "torch" not in sys.modules
 
 
-def _work_child(work: Callable[[], Any], send: Connection) -> None:
+def _work_child(work: Callable[[], Any], send: Connection, parent: int) -> None:
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     try:
         _send(send, ("ok", work()))
     except BaseException as exc:  # noqa: BLE001 - raised in the parent
         _send(send, ("error", exc))
     finally:
         send.close()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 def _send(send: Connection, message: tuple[str, Any]) -> None:

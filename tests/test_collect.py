@@ -216,6 +216,7 @@ def test_a_retrieval_that_fails_stops_the_run_and_names_the_error(
         raise OSError("embedding model files unreadable")
 
     later = LaterJobs(lambda: partner_jobs(analogy, loaded, cfg, broken), len(analogy))
+    fake_llm.latency = 0.2  # the other dialogues take seconds: the failure comes first
     requests = fake_llm.request_count
     with pytest.raises(OSError, match="embedding model files unreadable"):
         run_jobs(ready, cfg, tmp_path / "spill", later)

@@ -89,3 +89,37 @@ def test_kill_during_loading_and_while_writing_then_the_rerun_converges(
         assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert not leftovers or all(p.startswith(".") for p in leftovers)
+
+
+PLANNER_PARENT = """
+import time
+from flows.local_workers import in_forked_process
+in_forked_process(lambda: time.sleep(120), "master-planner")
+import multiprocessing
+print(multiprocessing.active_children()[0].pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_planner_process_ends_when_its_parent_is_killed() -> None:
+    """It holds what it inherited (the output folder's flock): alive, it would refuse the
+    rerun of a killed run."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PLANNER_PARENT], cwd=PROJECT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        planner = int(proc.stdout.readline())  # type: ignore[union-attr]
+        os.kill(planner, 0)  # running
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(planner, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(planner, signal.SIGKILL)
+        raise AssertionError("the planner outlived its parent")
+    finally:
+        proc.kill()
