@@ -91,7 +91,7 @@ def run_forked(
         if later is not None:
             planned = later()
             for index, feed in enumerate(feeds):
-                feed.send(planned[index::workers])
+                feed.send(("ok", planned[index::workers]))
                 feed.close()
         results = [_result(process, receive) for process, receive in children]
     except BaseException:
@@ -123,21 +123,41 @@ def in_forked_process(work: Callable[[], T], name: str) -> Future[T]:
     )
     process.start()
     send.close()
-    future: Future[T] = Future()
+    return _arriving(
+        receive,
+        f"{name}-result",
+        lambda: f"{name} ended without a result (exit code {process.exitcode})",
+        process.join,  # before the result: nothing is left running once it is known
+    )
+
+
+def _arriving(
+    receive: Connection,
+    name: str,
+    gone: Callable[[], str],
+    then: Callable[[], object] | None = None,
+) -> Future[Any]:
+    """The ("ok", value) or ("error", exception) message a pipe will bring, read on a thread
+    of its own (the caller's loop goes on meanwhile); `gone()` words the failure if the pipe
+    closes without one. `then` runs once the pipe is done, before the future is set."""
+    future: Future[Any] = Future()
 
     def wait() -> None:
         try:
             status, value = receive.recv()
         except EOFError:
             status, value = "gone", None
+        except BaseException as exc:  # noqa: BLE001 - a message that does not unpickle
+            status, value = "error", exc
         finally:
             receive.close()
-            process.join()  # before the result: nothing is left running once it is known
-        if status == "gone":
-            value = RuntimeError(f"{name} ended without a result (exit code {process.exitcode})")
+            if then is not None:
+                then()
+        if status == "gone":  # worded after `then`: a joined process has its exit code
+            status, value = "error", RuntimeError(gone())
         (future.set_result if status == "ok" else future.set_exception)(value)
 
-    threading.Thread(target=wait, name=f"{name}-result", daemon=True).start()
+    threading.Thread(target=wait, name=name, daemon=True).start()
     return future
 
 
@@ -203,31 +223,14 @@ def _child(
     signal.signal(signal.SIGINT, _interrupt_once)
     threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
     try:
-        later = _received(feed) if feed is not None else None
+        later = None
+        if feed is not None:  # EOF: the parent failed to plan them (it reports why) or is gone
+            later = _arriving(feed, "receive-later-jobs", lambda: "the parent sent no analogy jobs")
         send.send(("ok", shard(jobs, cfg, budget, later)))
     except BaseException as exc:  # noqa: BLE001 - re-raised in the parent
         _send(send, ("error", exc))
     finally:
         send.close()
-
-
-def _received(feed: Connection) -> Future[list[Job]]:
-    """The jobs the parent sends once it has planned them, read on a thread of their own so
-    the child's loop runs its other jobs meanwhile."""
-    future: Future[list[Job]] = Future()
-
-    def receive() -> None:
-        try:
-            future.set_result(feed.recv())
-        except EOFError:  # the parent failed to plan them (it reports why) or is gone
-            future.set_exception(RuntimeError("the parent process sent no analogy jobs"))
-        except BaseException as exc:  # noqa: BLE001 - raised on the child's loop
-            future.set_exception(exc)
-        finally:
-            feed.close()
-
-    threading.Thread(target=receive, name="receive-later-jobs", daemon=True).start()
-    return future
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:

@@ -339,14 +339,21 @@ def stream(
             emit(index, outcome)
         hits.clear()
 
-    for index, job in enumerate(jobs):
-        key = key_of(job)
+    def cached(job: Job, key: str | None) -> Outcome | None:
+        """The job's dialogue as an earlier run made it, if the dialogue cache has it."""
         hit = dialogues.get(key) if dialogues is not None and key is not None else None
         if hit is None:
-            todo.append((index, job, key, True))
-            continue
+            return None
         outcome = finished(job, hit["turns"], replayed_calls(hit), cfg, versions, stamps)
         outcome.key = key
+        return outcome
+
+    for index, job in enumerate(jobs):
+        key = key_of(job)
+        outcome = cached(job, key)
+        if outcome is None:
+            todo.append((index, job, key, True))
+            continue
         hits.append((index, outcome))
         if len(hits) >= HIT_CHUNK:
             emit_hits()
@@ -370,14 +377,12 @@ def stream(
         queue.extend((start + i, job, key_of(job), False) for i, job in enumerate(arrived))
         queue.sort(key=order)
 
-    async def one(index: int, job: Job, key: str | None, looked_up: bool) -> Outcome:
-        hit = None if looked_up or dialogues is None or key is None else dialogues.get(key)
-        if hit is not None:  # a later job whose dialogue an earlier run made
-            outcome = finished(job, hit["turns"], replayed_calls(hit), cfg, versions, stamps)
-        else:
+    async def one(job: Job, key: str | None, looked_up: bool) -> Outcome:
+        outcome = None if looked_up else cached(job, key)  # a later job: not looked up yet
+        if outcome is None:
             outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
+            outcome.key = key
             breaker.record(outcome)
-        outcome.key = key
         return outcome
 
     async def work(arrival: asyncio.Future[None] | None) -> None:
@@ -389,7 +394,7 @@ def stream(
             if breaker.tripped:
                 emit(index, not_started(job, breaker.reason()))
                 continue
-            outcome = await one(index, job, key, looked_up)
+            outcome = await one(job, key, looked_up)
             if after is not None:
                 await after(outcome)
             emit(index, outcome)
