@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -60,36 +61,55 @@ def test_the_longest_dialogues_start_first_and_outcomes_keep_job_order(tmp_path:
     assert [o.job.seed.question for o in outcomes] == [f"q{i}" for i in range(6)]
 
 
-def test_the_gc_settings_are_restored_after_a_run() -> None:
+class SliceProbe(Stub):
+    """A Stub that notes the GIL slice its dialogues run under."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.intervals: list[float] = []
+
+    async def aforward(self, question: str, reference: str, **knobs: Any) -> dspy.Prediction:
+        self.intervals.append(sys.getswitchinterval())
+        return await super().aforward(question, reference, **knobs)
+
+
+def test_dialogues_run_under_the_loop_settings_and_a_run_restores_them() -> None:
+    from flows.simulate import SWITCH_INTERVAL_S
+
     cfg = load_config(None, environ={})
-    stub = Stub([])
-    before, frozen = gc.get_threshold(), gc.get_freeze_count()
-    simulate(_jobs(), {"error_correction": stub, "debate": stub, "analogy": stub}, cfg)  # type: ignore[arg-type]
+    probe = SliceProbe()
+    before, interval, frozen = gc.get_threshold(), sys.getswitchinterval(), gc.get_freeze_count()
+    assert interval > SWITCH_INTERVAL_S  # Python's default, 5 ms
+    simulate(_jobs(), {"error_correction": probe, "debate": probe, "analogy": probe}, cfg)  # type: ignore[arg-type]
+    assert probe.intervals == [SWITCH_INTERVAL_S] * 6
     assert gc.get_threshold() == before
+    assert sys.getswitchinterval() == interval
     assert gc.get_freeze_count() == frozen
 
 
-def test_overlapping_runs_in_threads_restore_the_gc_settings_once_the_last_ends() -> None:
+def test_overlapping_runs_in_threads_restore_the_settings_once_the_last_ends() -> None:
     """Prefect runs shards in threads: the first run in must not restore under the second."""
-    from flows.simulate import quiet_gc
+    from flows.simulate import SWITCH_INTERVAL_S, loop_settings
 
-    before = gc.get_threshold()
+    before, interval = gc.get_threshold(), sys.getswitchinterval()
     first, second = threading.Event(), threading.Event()
 
     def a() -> None:
-        with quiet_gc():
+        with loop_settings():
             first.set()
             second.wait(5)
 
     thread = threading.Thread(target=a)
     thread.start()
     first.wait(5)
-    with quiet_gc():
+    with loop_settings():
         raised = gc.get_threshold()
         second.set()
         thread.join()
-        assert gc.get_threshold() == raised != before  # still quiet: a run is on
+        assert gc.get_threshold() == raised != before  # still set: a run is on
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    assert sys.getswitchinterval() == interval
 
 
 def _later(jobs: list[Job], delay: float) -> Future[list[Job]]:
