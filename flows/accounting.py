@@ -15,12 +15,17 @@ class CallTally:
     the sums equals pricing each call."""
 
     def __init__(self) -> None:
-        # role -> [calls, cache hits, tokens in, tokens out, tokens of cache hits]
-        self.by_role: dict[str, list[int]] = {role: [0, 0, 0, 0, 0] for role in ROLES}
+        # role -> [calls, cache hits, tokens in, tokens out, tokens of cache hits,
+        #          replies repaired, replies that failed to parse]
+        self.by_role: dict[str, list[int]] = {role: [0] * 7 for role in ROLES}
 
     def add(self, records: Iterable[CallRecord]) -> CallTally:
         for rec in records:
             row = self.by_role[rec.role]
+            if rec.format == "repaired":
+                row[5] += 1
+            elif rec.format == "failed":
+                row[6] += 1
             if rec.cached:
                 row[1] += 1
                 row[4] += rec.tokens_in + rec.tokens_out
@@ -42,7 +47,8 @@ class CallTally:
         """The `lm` block of DESIGN.md section 4; cache hits also count as tokens saved.
         `all_cached`: every call counted as a hit (what a replay of the run reports)."""
         by_role: dict[str, dict[str, Any]] = {}
-        for role, (calls, hits, tokens_in, tokens_out, hit_tokens) in self.by_role.items():
+        for role, row in self.by_role.items():
+            calls, hits, tokens_in, tokens_out, hit_tokens, repairs, failures = row
             if all_cached:
                 calls, hits = 0, calls + hits
                 hit_tokens, tokens_in, tokens_out = hit_tokens + tokens_in + tokens_out, 0, 0
@@ -58,10 +64,20 @@ class CallTally:
                 "tokens_out": tokens_out,
                 "tokens_saved": hit_tokens,
                 "cost_usd": cost,
+                "format_repairs": repairs,
+                "format_failures": failures,
             }
         totals = {
             key: sum(r[key] for r in by_role.values())
-            for key in ("calls", "cache_hits", "tokens_in", "tokens_out", "tokens_saved")
+            for key in (
+                "calls",
+                "cache_hits",
+                "tokens_in",
+                "tokens_out",
+                "tokens_saved",
+                "format_repairs",
+                "format_failures",
+            )
         }
         return {
             **totals,

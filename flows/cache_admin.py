@@ -22,8 +22,9 @@ from flows.dialogue_cache import VERDICT
 from flows.programs import list_versions, load_version
 from flows.retrieval import VECTORS
 from flows.simulate import build_programs, program_version
-from modules.callcache import SafeJSONDisk
+from modules.callcache import SafeJSONDisk, prompt_sha
 from modules.canonical import canonical_json
+from modules.judge import Judge
 from signatures import JudgeDialogue
 
 
@@ -104,8 +105,17 @@ def known_programs() -> list[dspy.Module]:
     return programs
 
 
+def current_prompt_shas() -> set[str]:
+    """The prompts the known programs and the judge send (callcache.prompt_sha): an entry
+    stored with another one no current program would ask for."""
+    predictors = [p for prog in known_programs() for _, p in prog.named_predictors()]
+    predictors += [p for _, p in Judge().named_predictors()]
+    return {prompt_sha(p) for p in predictors}
+
+
 def current_instruction_shas() -> set[str]:
-    """The system-prompt hashes the known programs send, hashed as `slot_facts` does."""
+    """The ChatAdapter system-prompt hashes of the known programs, hashed as `slot_facts`
+    does: how entries written before prompt_sha was stored are told apart."""
     adapter = dspy.ChatAdapter()
     signatures = [p.signature for prog in known_programs() for _, p in prog.named_predictors()] + [
         JudgeDialogue
@@ -125,6 +135,7 @@ def prune(
     root = Path(directory)
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     shas = current_instruction_shas() if unused else set()
+    prompts = current_prompt_shas() if unused else set()
     versions = {program_version(p) for p in known_programs()} if unused else set()
     removed = {"calls": 0, "slots": 0, "dialogues": 0, "verdicts": 0, "runs": 0}
 
@@ -139,7 +150,12 @@ def prune(
         for key in list(calls.iterkeys()):
             if str(key).startswith("slot:"):
                 continue
-            if stale(_get(calls, key), "system_sha", shas):
+            value = _get(calls, key)
+            if isinstance(value, dict) and value.get("prompt_sha"):
+                unused_call = stale(value, "prompt_sha", prompts)
+            else:
+                unused_call = stale(value, "system_sha", shas)
+            if unused_call:
                 calls.delete(key)
                 removed["calls"] += 1
         for key in list(calls.iterkeys()):

@@ -16,6 +16,7 @@ from flows.answers import code_fidelity, final_answer, math_fidelity, numbers_ma
 from flows.config import QualityConfig
 from flows.lengths import approx_tokens
 from modules.guards import control_tokens, foreign_labels
+from modules.judge import UNJUDGED
 
 Verdict = dict[str, Any]
 Turns = list[dict[str, Any]]
@@ -330,13 +331,23 @@ def check_dialogue(
     }
 
 
-def judge_check(result: dict[str, Any] | None, min_score: int, error: str | None = None) -> Verdict:
-    """The judge's verdict as a check: correct and scored at least min_score."""
+def judge_check(
+    result: dict[str, Any] | None,
+    min_score: int,
+    error: str | None = None,
+    unjudged: str = "reject",
+) -> Verdict:
+    """The judge's verdict as a check: correct and scored at least min_score. An `unjudged`
+    verdict (the reply never parsed) fails the check under unjudged="reject" and does not
+    apply under "keep"; its reason always starts with "unjudged"."""
     if error is not None:
         return verdict(False, f"the judge could not answer ({error})")
     if result is None:
         return verdict(None, "judge off")
     score, said = result.get("score"), result.get("verdict")
+    if said == UNJUDGED:
+        reason = str(result.get("reason") or "").strip()
+        return verdict(False if unjudged == "reject" else None, f"{UNJUDGED}: {reason}")
     reason = str(result.get("reason") or "").strip()
     ok = said == "correct" and isinstance(score, int) and score >= min_score
     return verdict(ok, f"{said}, score {score}: {reason}")

@@ -183,6 +183,26 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("master").setLevel(logging.INFO)
     for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # DSPy warns on every truncated reply; the turn guards flag each one and summary.json
+    # counts them, so the warning is shown once per process.
+    lm_log = logging.getLogger("dspy.clients.lm")
+    if not any(isinstance(f, ShowOnce) for f in lm_log.filters):
+        lm_log.addFilter(ShowOnce())
+
+
+class ShowOnce(logging.Filter):
+    """Lets each distinct message template through once (the first record of each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
 
 
 def _load(args: argparse.Namespace) -> MasterConfig:

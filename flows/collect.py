@@ -24,6 +24,7 @@ from flows.run_cache import settled
 from flows.simulate import Outcome
 from flows.spill import RowRef, RowSpill
 from flows.verify import quality_reject
+from modules.judge import UNJUDGED
 
 #: Reject stages that are work left for the next run, not failures.
 UNFINISHED = ("budget", "breaker")
@@ -38,6 +39,7 @@ class Collected:
         self.dropped: list[Reject] = []  # dialogues the quality filter rejected
         self.accepted: Counter[str] = Counter()  # accepted dialogues per scenario
         self.flagged = 0  # accepted with a soft check failed
+        self.unjudged = 0  # the judge's reply never parsed
         self.checks = PassTally()
         self.turn_flags: Counter[str] = Counter()
         self.versions: dict[str, str] = {}  # scenario -> program version
@@ -63,6 +65,8 @@ class Collected:
         checks = d.quality.get("checks")
         if checks is not None:
             self.checks.add(checks)
+            judged = checks.get("judge") or {}
+            self.unjudged += str(judged.get("reason", "")).startswith(UNJUDGED)
         if not d.quality.get("accepted", True):
             self.dropped.append(quality_reject(d))
             return
@@ -80,6 +84,7 @@ class Collected:
         self.dropped.extend(other.dropped)
         self.accepted.update(other.accepted)
         self.flagged += other.flagged
+        self.unjudged += other.unjudged
         self.checks.merge(other.checks)
         self.turn_flags.update(other.turn_flags)
         self.versions.update(other.versions)

@@ -226,6 +226,11 @@ class QualityConfig(BaseModel):
         ]
     )
     judge_min_score: int = Field(default=3, ge=1, le=5)
+    unjudged: Literal["reject", "keep"] = Field(
+        default="reject",
+        description="a dialogue whose judge reply never parsed: reject fails the judge check "
+        "(dropped when the judge is hard, flagged otherwise); keep leaves it unjudged",
+    )
     min_turn_chars: int = Field(default=2, ge=1)
     max_turn_tokens: int = Field(default=2048, gt=0)
     repetition_ngram: int = Field(default=4, ge=2, le=12)

@@ -39,7 +39,7 @@ from flows.simulate import build_programs, program_version, run_program
 from modules.budget import CallBudget
 from modules.callcache import CallStore, dialogue_slot, ledger
 from modules.judge import Judge
-from modules.lm import build_role_lms
+from modules.lm import build_judge, build_role_lms, role_adapters
 
 log = logging.getLogger("master")
 
@@ -161,7 +161,7 @@ class Lab:
         roles = (*ROLES_BY_SCENARIO[scenario], "judge") if cfg.optimize.judge else None
         self.lms = build_role_lms(cfg.lms, self.store, roles or ROLES_BY_SCENARIO[scenario],
                                   budget=self.budget)  # type: ignore[arg-type]  # fmt: skip
-        self.judge = Judge(self.lms["judge"]) if cfg.optimize.judge else None  # type: ignore[index]
+        self.judge = build_judge(cfg.lms, self.lms["judge"]) if cfg.optimize.judge else None  # type: ignore[index]
         loaded = load_seeds(cfg.seeds)
         train, dev = split(
             loaded.seeds, cfg.optimize.train_size, cfg.optimize.dev_size, cfg.optimize.split_seed
@@ -174,7 +174,7 @@ class Lab:
         self.root = programs_dir(cfg.optimize.programs_dir)
 
     def program(self, version: str = BASELINE) -> dspy.Module:
-        program = build_programs(self.lms)[self.scenario]
+        program = build_programs(self.lms, role_adapters(self.cfg.lms))[self.scenario]
         return load_version(program, self.scenario, version, self.root)
 
     def close(self) -> None:

@@ -50,10 +50,16 @@ def example_checks(
     score = None
     if judge is not None:
         try:
-            pred = judge(question=example.question, reference=example.reference, turns=turns)
+            pred = judge(
+                question=example.question,
+                reference=example.reference,
+                turns=turns,
+                scenario=example.scenario,
+                similar_reference=example.get("similar_reference", "") or "",
+            )
             result = {"verdict": pred.verdict, "score": pred.score, "reason": pred.reason}
-            checks["judge"] = judge_check(result, q.judge_min_score)
-            score = int(pred.score)
+            checks["judge"] = judge_check(result, q.judge_min_score, unjudged=q.unjudged)
+            score = int(pred.score) if pred.score is not None else None
         except Exception as exc:  # noqa: BLE001 - a judge failure scores as a failed check
             checks["judge"] = judge_check(None, q.judge_min_score, error=type(exc).__name__)
     return checks, score

@@ -20,6 +20,7 @@ from dspy.utils.saving import get_dependency_versions
 from flows.config import PROJECT_ROOT, ConfigError
 from flows.output import write_json
 from flows.simulate import build_programs, program_version
+from modules.agents import AdapterName
 
 PROGRAMS_DIR = PROJECT_ROOT / "data" / "programs"
 BASELINE = "baseline"
@@ -98,10 +99,13 @@ def list_versions(scenario: str, root: Path | None = None) -> list[dict[str, Any
 
 
 def configured_programs(
-    lms: Mapping[str, dspy.LM], versions: Mapping[str, str], programs_root: str | None = None
+    lms: Mapping[str, dspy.LM],
+    versions: Mapping[str, str],
+    programs_root: str | None = None,
+    adapters: Mapping[str, AdapterName] | None = None,
 ) -> dict[str, dspy.Module]:
-    """The scenario programs on these LMs, at the versions the config names."""
-    programs = build_programs(lms)
+    """The scenario programs on these LMs and adapters, at the versions the config names."""
+    programs = build_programs(lms, adapters)
     root = programs_dir(programs_root)
     for scenario, version in versions.items():
         programs[scenario] = load_version(programs[scenario], scenario, version, root)  # type: ignore[index]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import dspy
 from dspy.utils import DummyLM
 
 from flows.assign import assign_scenario, debate_rounds
@@ -18,17 +17,17 @@ from flows.jobs import Job
 from flows.records import Seed
 from flows.simulate import build_programs, run_program
 from modules.agents import Agent
+from modules.lm import role_adapters
 
 
 def render_prompts(cfg: MasterConfig, job: Job) -> list[dict[str, Any]]:
     """The messages of every LM call of one dialogue, in order, with speaker and role."""
-    program = build_programs({})[job.scenario]
+    program = build_programs({}, role_adapters(cfg.lms))[job.scenario]
     agents = [m for _, m in program.named_sub_modules() if isinstance(m, Agent)]
     for agent in agents:
         placeholder = f"<{agent.speaker} answers here>"
         agent.predict.lm = DummyLM([{agent.output_field: placeholder}] * 8)
-    with dspy.context(adapter=dspy.ChatAdapter()):
-        run_program(program, job)
+    run_program(program, job)
     calls = [
         (entry["timestamp"], agent, entry["messages"])
         for agent in agents

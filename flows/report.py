@@ -18,7 +18,8 @@ def _quality(quality: dict[str, Any]) -> str:
     head = (
         f"Accepted {quality['accepted']}, dropped by the quality filter {quality['rejected']}, "
         f"failed to generate {quality.get('failed', 0)}, kept with a soft-check flag "
-        f"{quality.get('flagged', 0)}."
+        f"{quality.get('flagged', 0)}, left unjudged (the judge's reply never parsed) "
+        f"{quality.get('unjudged', 0)}."
     )
     rates = quality.get("pass_rates", {})
     if not rates:
@@ -28,6 +29,18 @@ def _quality(quality: dict[str, Any]) -> str:
         [[c, f"{r:.1%}", quality["by_check"].get(c, 0)] for c, r in rates.items()],
     )
     return f"{head}\n\n## Quality checks\n\n{table}"
+
+
+#: summary.json's per-role LM figures, as report.md's columns (after the role).
+_LM_COLUMNS = {
+    "calls": "calls",
+    "cache_hits": "cache hits",
+    "tokens_in": "tokens in",
+    "tokens_out": "tokens out",
+    "cost_usd": "cost (USD)",
+    "format_repairs": "replies repaired",
+    "format_failures": "replies unparsed",
+}
 
 
 def render_report(
@@ -60,21 +73,9 @@ def render_report(
         "## LM calls",
         "",
         markdown_table(
-            ["role", "calls", "cache hits", "tokens in", "tokens out", "cost (USD)"],
-            [
-                [r, v["calls"], v["cache_hits"], v["tokens_in"], v["tokens_out"], v["cost_usd"]]
-                for r, v in lm["by_role"].items()
-            ]
-            + [
-                [
-                    "**all**",
-                    lm["calls"],
-                    lm["cache_hits"],
-                    lm["tokens_in"],
-                    lm["tokens_out"],
-                    lm["cost_usd"],
-                ]
-            ],
+            ["role", *_LM_COLUMNS.values()],
+            [[r, *(v.get(k, 0) for k in _LM_COLUMNS)] for r, v in lm["by_role"].items()]
+            + [["**all**", *(lm.get(k, 0) for k in _LM_COLUMNS)]],
         ),
         "",
     ]

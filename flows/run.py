@@ -54,7 +54,7 @@ from flows.verify import averify_outcome, verdict_book, verify_outcomes
 from modules.budget import BUDGET_SPENT, CallBudget
 from modules.callcache import CallStore
 from modules.judge import Judge
-from modules.lm import build_role_lms, check_keys
+from modules.lm import build_judge, build_role_lms, check_keys, role_adapters
 from modules.settings import Role
 
 log = logging.getLogger("master")
@@ -246,7 +246,10 @@ def open_programs(
     store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
     needed = tuple(sorted({r for scenario in scenarios for r in ROLES_BY_SCENARIO[scenario]}))
     lms = build_role_lms(cfg.lms, store, needed, budget)  # type: ignore[arg-type]
-    return configured_programs(lms, cfg.scenarios.programs, cfg.optimize.programs_dir), store
+    programs = configured_programs(
+        lms, cfg.scenarios.programs, cfg.optimize.programs_dir, role_adapters(cfg.lms)
+    )
+    return programs, store
 
 
 def open_judge(
@@ -254,7 +257,7 @@ def open_judge(
 ) -> Judge | None:
     if not judging(cfg):
         return None
-    return Judge(build_role_lms(cfg.lms, store, ("judge",), budget)["judge"])
+    return build_judge(cfg.lms, build_role_lms(cfg.lms, store, ("judge",), budget)["judge"])
 
 
 def _unfinished(outcome: Outcome) -> None:
@@ -418,6 +421,7 @@ def publish(
             # why, most common first: what the next run retries (failed calls are not cached)
             "failures": dict(Counter(r.reason[:160] for r in failed).most_common(10)),
             "flagged": collected.flagged,
+            "unjudged": collected.unjudged,
             "pass_rates": pass_rates,
             "turn_flags": dict(sorted(collected.turn_flags.items())),
         },

@@ -28,6 +28,7 @@ from flows.dialogue_cache import DialogueStore, dialogue_key, replayed_calls
 from flows.formats import to_messages, to_sharegpt
 from flows.jobs import Job
 from flows.records import Dialogue, Reject
+from modules.agents import AdapterName
 from modules.analogy import Analogy
 from modules.budget import BUDGET_SPENT
 from modules.callcache import CallRecord, dialogue_slot, ledger
@@ -48,11 +49,13 @@ class Outcome:
     settled: bool = True  # False: a verdict could not be reached and is retried next run
 
 
-def build_programs(lms: Mapping[str, dspy.LM]) -> dict[Scenario, dspy.Module]:
+def build_programs(
+    lms: Mapping[str, dspy.LM], adapters: Mapping[str, AdapterName] | None = None
+) -> dict[Scenario, dspy.Module]:
     return {
-        "error_correction": ErrorCorrection(lms),
-        "debate": Debate(lms),
-        "analogy": Analogy(lms),
+        "error_correction": ErrorCorrection(lms, adapters),
+        "debate": Debate(lms, adapters),
+        "analogy": Analogy(lms, adapters),
     }
 
 

@@ -72,7 +72,7 @@ class Verified:
 def _judge_one(judge: Judge, item: Item) -> tuple[dict[str, Any] | None, str | None, list]:
     with ledger() as book, dialogue_slot(f"{item.key}:{item.scenario}:judge"):
         try:
-            pred = judge(question=item.question, reference=item.reference, turns=item.turns)
+            pred = judge(**_judge_inputs(item))
         except Exception as exc:  # noqa: BLE001 - a judge failure fails the check, not the run
             return None, _judge_error(exc), book.records
         return _judge_result(pred), None, list(book.records)
@@ -82,12 +82,20 @@ async def _ajudge_one(judge: Judge, item: Item) -> tuple[dict[str, Any] | None, 
     """_judge_one on the event loop (the same request, cache key and slot)."""
     with ledger() as book, dialogue_slot(f"{item.key}:{item.scenario}:judge"):
         try:
-            pred = await judge.acall(
-                question=item.question, reference=item.reference, turns=item.turns
-            )
+            pred = await judge.acall(**_judge_inputs(item))
         except Exception as exc:  # noqa: BLE001 - a judge failure fails the check, not the run
             return None, _judge_error(exc), book.records
         return _judge_result(pred), None, list(book.records)
+
+
+def _judge_inputs(item: Item) -> dict[str, Any]:
+    return {
+        "question": item.question,
+        "reference": item.reference,
+        "turns": item.turns,
+        "scenario": item.scenario,
+        "similar_reference": item.similar_reference,
+    }
 
 
 def _judge_error(exc: Exception) -> str:
@@ -125,7 +133,7 @@ def _verified(
         result, error, calls = judged
         if error is not None and BUDGET_SPENT in error:
             unfinished, error = error, None
-        checks["judge"] = judge_check(result, q.judge_min_score, error)
+        checks["judge"] = judge_check(result, q.judge_min_score, error, q.unjudged)
         score = result["score"] if result else None
         if item.domain == "general" and checks["judge"]["ok"] is not None:
             checks["fidelity"] = verdict(

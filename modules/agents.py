@@ -6,17 +6,34 @@ prompt is a DSPy Signature (so optimizers can rewrite it) and the model is the r
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Literal
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 
-from modules.callcache import current_ledger, rollout
-from modules.guards import SPEAKER_LABELS, turn_problems
+from modules.callcache import current_ledger, note_format, prompt_sha, rollout
+from modules.guards import turn_problems
+from modules.turn_adapter import Transcript, TurnAdapter, speaker_label
+
+#: How an agent's call is formatted: "turn" (TurnAdapter, the paper's chat transport) or
+#: "chat" (DSPy's ChatAdapter with its field markers, kept for comparison).
+AdapterName = Literal["turn", "chat"]
+
+
+class FormatError(RuntimeError):
+    """A turn whose reply never parsed, after the retry: the dialogue cannot go on."""
+
+
+def make_adapter(name: AdapterName, speaker: str) -> dspy.Adapter:
+    if name == "chat":
+        return dspy.ChatAdapter()
+    return TurnAdapter(speaker_label(speaker))
 
 
 class Agent(dspy.Module):
-    """Speaks one turn; a bad turn is retried once in a fresh rollout slot, then flagged."""
+    """Speaks one turn; a bad turn (or a reply that does not parse) is retried once in a fresh
+    rollout slot, then flagged (or, unparsed, fails the dialogue with a FormatError)."""
 
     def __init__(
         self,
@@ -25,6 +42,7 @@ class Agent(dspy.Module):
         speaker: str,
         lm: dspy.LM | None = None,
         retries: int = 1,
+        adapter: AdapterName = "turn",
     ) -> None:
         super().__init__()
         self.predict = dspy.Predict(signature)
@@ -33,26 +51,51 @@ class Agent(dspy.Module):
         self.role = role
         self.speaker = speaker
         self.retries = retries
+        self.adapter = make_adapter(adapter, speaker)
         self.output_field = next(iter(signature.output_fields))
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
+        said, error = None, None
         for attempt in range(self.retries + 1):
-            with rollout(attempt):
-                prediction = self.predict(**inputs)
-            text, finish, problems = self._judge(prediction)
-            if not problems:
+            with rollout(attempt, prompt_sha(self.predict)), dspy.context(adapter=self.adapter):
+                try:
+                    prediction = self.predict(**inputs)
+                except AdapterParseError as exc:
+                    note_format("failed")
+                    error = exc
+                    continue
+            said = self._judge(prediction)
+            if not said[2]:
                 break
-        return self._turn(text, finish, problems)
+        return self._turn(*self._parsed(said, error))
 
     async def aforward(self, **inputs: Any) -> dict[str, Any]:
         """The same turn on the event loop: the LM call is awaited, not run in a thread."""
+        said, error = None, None
         for attempt in range(self.retries + 1):
-            with rollout(attempt):
-                prediction = await self.predict.acall(**inputs)
-            text, finish, problems = self._judge(prediction)
-            if not problems:
+            with rollout(attempt, prompt_sha(self.predict)), dspy.context(adapter=self.adapter):
+                try:
+                    prediction = await self.predict.acall(**inputs)
+                except AdapterParseError as exc:
+                    note_format("failed")
+                    error = exc
+                    continue
+            said = self._judge(prediction)
+            if not said[2]:
                 break
-        return self._turn(text, finish, problems)
+        return self._turn(*self._parsed(said, error))
+
+    def _parsed(
+        self, said: tuple[str, str | None, list[str]] | None, error: AdapterParseError | None
+    ) -> tuple[str, str | None, list[str]]:
+        """The last turn that parsed; none did: the dialogue fails with a FormatError."""
+        if said is not None:
+            return said
+        reply = " ".join(str(getattr(error, "lm_response", "") or "").split())[:120]
+        raise FormatError(
+            f"{self.speaker}: no reply parsed with {type(self.adapter).__name__} in "
+            f"{self.retries + 1} tries (last reply: {reply!r})"
+        )
 
     def _judge(self, prediction: dspy.Prediction) -> tuple[str, str | None, list[str]]:
         text = str(getattr(prediction, self.output_field, "") or "").strip()
@@ -86,11 +129,23 @@ def fixed_turn(speaker: str, text: str) -> dict[str, Any]:
     }
 
 
-def transcript(turns: list[dict[str, Any]]) -> str:
-    """The dialogue so far as the next agent reads it: one labelled paragraph per turn."""
-    return "\n\n".join(
-        f"{SPEAKER_LABELS.get(t['speaker'], t['speaker'].title())}: {t['text']}" for t in turns
-    )
+def transcript(turns: list[dict[str, Any]]) -> Transcript:
+    """The dialogue so far as the next agent reads it: one labelled paragraph per turn, with
+    the turns kept for adapters that send them as chat history."""
+    return Transcript.of(turns)
+
+
+def cast(
+    lms: Mapping[str, dspy.LM] | None, adapters: Mapping[str, AdapterName] | None
+) -> Callable[[type[dspy.Signature], str, str], Agent]:
+    """A program's casting call: agent(signature, role, speaker) gets the role's LM and adapter
+    ("turn" unless the role's settings choose "chat"). Neither is stored on the program."""
+    lms, adapters = dict(lms or {}), dict(adapters or {})
+
+    def agent(signature: type[dspy.Signature], role: str, speaker: str) -> Agent:
+        return Agent(signature, role, speaker, lms.get(role), adapter=adapters.get(role, "turn"))
+
+    return agent
 
 
 #: A scenario's turns written once: it yields (agent, inputs) for each model turn, is sent the

@@ -7,19 +7,23 @@ from collections.abc import Mapping
 
 import dspy
 
-from modules.agents import Agent, Script, Scripted, fixed_turn, transcript
+from modules.agents import AdapterName, Script, Scripted, cast, fixed_turn, transcript
 from signatures import AnalogyStudentSolution, AnalogyTeacherExplanation
 
 TRANSITION = "Good job, please take a look at this similar question."
 
 
 class Analogy(Scripted):
-    def __init__(self, lms: Mapping[str, dspy.LM] | None = None) -> None:
+    def __init__(
+        self,
+        lms: Mapping[str, dspy.LM] | None = None,
+        adapters: Mapping[str, AdapterName] | None = None,
+    ) -> None:
         super().__init__()
-        lms = lms or {}
-        self.teacher = Agent(AnalogyTeacherExplanation, "strong", "teacher", lms.get("strong"))
+        agent = cast(lms, adapters)
+        self.teacher = agent(AnalogyTeacherExplanation, "strong", "teacher")
         # One Signature for both solutions: the paper's first and analogous prompts are the same.
-        self.student = Agent(AnalogyStudentSolution, "strong", "strong_student", lms.get("strong"))
+        self.student = agent(AnalogyStudentSolution, "strong", "strong_student")
 
     def script(
         self,
@@ -29,7 +33,8 @@ class Analogy(Scripted):
         similar_reference: str = "",
     ) -> Script:
         turns = [fixed_turn("question", question)]
-        turns.append((yield self.teacher, {"question": question, "reference": reference}))
+        explain = {"question": question, "reference": reference, "dialogue": transcript(turns)}
+        turns.append((yield self.teacher, explain))
         solve = {"question": question, "reference": reference, "dialogue": transcript(turns)}
         turns.append((yield self.student, solve))
         turns.append(fixed_turn("teacher", f"{TRANSITION}\n\n{similar_question}"))

@@ -49,6 +49,7 @@ class CallRecord:
     tokens_out: int
     finish_reason: str
     reason: str | None = None  # dry runs: why this call is not cached
+    format: str | None = None  # "repaired" or "failed": the reply needed cleaning or never parsed
 
 
 @dataclass
@@ -69,14 +70,32 @@ _ledger: contextvars.ContextVar[CallLedger | None] = contextvars.ContextVar(
 )
 
 
+_prompt: contextvars.ContextVar[str | None] = contextvars.ContextVar("master_prompt", default=None)
+
+
 @contextlib.contextmanager
-def rollout(slot: int) -> Iterator[None]:
-    """Calls made inside get their own cache slot: identical prompts, distinct samples."""
+def rollout(slot: int, prompt: str | None = None) -> Iterator[None]:
+    """Calls made inside get their own cache slot: identical prompts, distinct samples.
+    `prompt` (prompt_sha of the calling predictor) is stored with each entry, so
+    `master cache prune --unused` can tell which entries a current program still asks for."""
     token = _rollout.set(slot)
+    prompt_token = _prompt.set(prompt)
     try:
         yield
     finally:
+        _prompt.reset(prompt_token)
         _rollout.reset(token)
+
+
+def prompt_sha(predictor: Any) -> str:
+    """What a predictor says to its model whatever the inputs: instructions, fields, demos."""
+    signature = predictor.signature
+    state = {
+        "instructions": signature.instructions,
+        "fields": list(signature.fields),
+        "demos": [dict(d) for d in predictor.demos],
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -123,6 +142,15 @@ def ledger() -> Iterator[CallLedger]:
 
 def current_ledger() -> CallLedger | None:
     return _ledger.get()
+
+
+def note_format(outcome: str) -> None:
+    """Mark the current dialogue's last call: its reply was "repaired" (cleaned before it
+    became a turn or a verdict) or "failed" (it could not be parsed). Counted per role in
+    summary.json; outside a ledger (show-prompts, a bare Predict) it does nothing."""
+    book = _ledger.get()
+    if book is not None and book.last is not None and book.last.format != "failed":
+        book.last.format = outcome
 
 
 def call_key(request: Request, slot: int) -> str:
@@ -424,6 +452,7 @@ class CachingEngine:
                 "role": self.role,
                 "model": request.model,
                 "system_sha": facts["system_sha"],
+                "prompt_sha": _prompt.get(),
                 "ts": time.time(),
             }
             self.store.put_call(key, value, current_slot(), facts)

@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
-from modules.grammar import close_truncated, gbnf_for, output_fields
+from modules.grammar import CHAT_COMPLETED, close_truncated, gbnf_for, output_fields
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,19 @@ def _sampling_seed(request: Request, messages: list[dict[str, str]]) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
+def _constraint(system: str, response_format: dict[str, Any] | None) -> tuple[list, Any]:
+    """What decoding is constrained to: the JSON schema a request carries in response_format
+    (the judge's structured output), else the ChatAdapter fields its system message asks for
+    (their markers), else nothing (the agents' turns: the whole reply is the turn)."""
+    from llama_cpp import LlamaGrammar
+
+    schema = (response_format or {}).get("schema")
+    if isinstance(schema, dict):
+        return [], LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    fields = output_fields(system) if CHAT_COMPLETED in system else []
+    return fields, LlamaGrammar.from_string(gbnf_for(fields), verbose=False) if fields else None
+
+
 class EmbeddedEngine:
     """DSPy engine running SmolLM2 with grammar-constrained decoding."""
 
@@ -125,15 +139,12 @@ class EmbeddedEngine:
         announce_once()
 
     def complete(self, request: Request) -> Response:
-        from llama_cpp import LlamaGrammar
-
         model = _load(self.n_ctx)
         system = _system_text(request)
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": m.role, "content": m.text or ""} for m in request.messages]
-        fields = output_fields(system)
-        grammar = LlamaGrammar.from_string(gbnf_for(fields), verbose=False) if fields else None
         cfg = request.config
+        fields, grammar = _constraint(system, cfg.response_format)
         with model.lock:
             raw = model.llama.create_chat_completion(
                 messages=messages,

@@ -8,23 +8,26 @@ from collections.abc import Mapping
 
 import dspy
 
-from modules.agents import Agent, Script, Scripted, fixed_turn, transcript
+from modules.agents import AdapterName, Script, Scripted, cast, fixed_turn, transcript
 from signatures import StrongStudentRevision, TeacherCritique, WeakStudentAnswer
 
 
 class ErrorCorrection(Scripted):
-    def __init__(self, lms: Mapping[str, dspy.LM] | None = None) -> None:
+    def __init__(
+        self,
+        lms: Mapping[str, dspy.LM] | None = None,
+        adapters: Mapping[str, AdapterName] | None = None,
+    ) -> None:
         super().__init__()
-        lms = lms or {}
-        self.weak_student = Agent(WeakStudentAnswer, "weak", "weak_student", lms.get("weak"))
-        self.teacher = Agent(TeacherCritique, "strong", "teacher", lms.get("strong"))
-        self.strong_student = Agent(
-            StrongStudentRevision, "strong", "strong_student", lms.get("strong")
-        )
+        agent = cast(lms, adapters)
+        self.weak_student = agent(WeakStudentAnswer, "weak", "weak_student")
+        self.teacher = agent(TeacherCritique, "strong", "teacher")
+        self.strong_student = agent(StrongStudentRevision, "strong", "strong_student")
 
     def script(self, question: str, reference: str) -> Script:
         turns = [fixed_turn("question", question)]
-        turns.append((yield self.weak_student, {"question": question}))
+        asked = {"question": question, "dialogue": transcript(turns)}
+        turns.append((yield self.weak_student, asked))
         for agent in (self.teacher, self.strong_student):
             said = {"question": question, "reference": reference, "dialogue": transcript(turns)}
             turns.append((yield agent, said))

@@ -17,6 +17,10 @@ _OUTPUT_BLOCK = re.compile(
 _FIELD_LINE = re.compile(r"^\d+\. `(?P<name>\w+)` \((?P<type>.*?)\)(?::|$)", re.M)
 
 
+#: The end marker of a ChatAdapter reply: a system message that names it asks for field markers.
+CHAT_COMPLETED = "[[ ## completed ## ]]"
+
+
 @dataclass(frozen=True)
 class OutputField:
     name: str

@@ -69,6 +69,15 @@ def wire_model(model: str) -> str:
     return rest if sep and head in OPENAI_COMPATIBLE_PREFIXES else model
 
 
+def _schema_in_json_object(data: dict[str, Any]) -> None:
+    """OpenAI's {type: json_schema, json_schema: {schema}} as {type: json_object, schema}: the
+    spelling llama-cpp-python's server constrains decoding with (it refuses json_schema)."""
+    fmt = data.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        data["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+
+
 class _Policy:
     """Endpoint, key variable, timeout and retry policy shared by the sync and async engines."""
 
@@ -80,8 +89,10 @@ class _Policy:
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        structured_output: str | None = None,
     ) -> None:
         self.url = (api_base or OPENAI_BASE).rstrip("/") + "/chat/completions"
+        self.structured_output = structured_output
         self.api_key_env = api_key_env
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -106,6 +117,8 @@ class _Policy:
         if "max_completion_tokens" in data:
             data["max_tokens"] = data.pop("max_completion_tokens")
         data["model"] = wire_model(request.model)
+        if self.structured_output == "json_object":
+            _schema_in_json_object(data)
         try:  # a tenth of json.dumps' time; the same JSON value, as DSPy's Request refuses
             return orjson.dumps(data)  # NaN and non-JSON values (tests/test_http_engine.py)
         except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate) fails as before

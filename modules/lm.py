@@ -16,10 +16,12 @@ import dspy
 from dspy.clients.engines import AsyncLiteLLMEngine, LiteLLMEngine
 
 from modules import dspy_speedups
+from modules.agents import AdapterName
 from modules.budget import AsyncBudgetEngine, BudgetEngine, CallBudget
 from modules.callcache import AsyncCachingEngine, CachingEngine, CallStore
 from modules.embedded import AsyncEmbeddedEngine, EmbeddedEngine
 from modules.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, serves
+from modules.judge import Judge
 from modules.limits import AsyncLimitEngine, CallLimit, LimitEngine
 from modules.settings import LMSettings, Role, RoleLMs
 
@@ -52,7 +54,12 @@ def _remote_engines(
         )
     if serves(settings.model):
         policy = (settings.api_base, settings.api_key_env, settings.timeout_s, num_retries)
-        return OpenAICompatEngine(*policy), AsyncOpenAICompatEngine(*policy), 0
+        dialect = {"structured_output": settings.structured_output}
+        return (
+            OpenAICompatEngine(*policy, **dialect),
+            AsyncOpenAICompatEngine(*policy, **dialect),
+            0,
+        )
     options: dict[str, object] = {"timeout": settings.timeout_s}
     if settings.api_base:
         options["api_base"] = settings.api_base
@@ -92,6 +99,17 @@ def build_lm(
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
     )
+
+
+def role_adapters(lms: RoleLMs) -> dict[Role, AdapterName]:
+    """How each role's agents are prompted (LMSettings.adapter)."""
+    return {role: settings.adapter for role, settings in lms.items()}
+
+
+def build_judge(lms: RoleLMs, lm: dspy.LM | None) -> Judge:
+    """The verifier on the judge role, with structured output when its endpoint honours it."""
+    settings = lms.for_role("judge")
+    return Judge(lm, structured_output=bool(settings.structured_output or settings.is_embedded))
 
 
 def build_role_lms(

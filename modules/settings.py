@@ -46,6 +46,17 @@ class LMSettings(BaseModel):
     max_concurrency: int | None = Field(
         default=None, gt=0, description="calls of this role in flight at once (None: no cap)"
     )
+    adapter: Literal["turn", "chat"] = Field(
+        default="turn",
+        description="how the role's agents are prompted: turn (the paper's chat transport, the "
+        "whole reply is the turn) or chat (DSPy's ChatAdapter field markers, for comparison)",
+    )
+    structured_output: Literal["json_schema", "json_object"] | None = Field(
+        default=None,
+        description="the endpoint constrains replies to a JSON schema: json_schema (OpenAI's "
+        "response_format, vLLM, SGLang, llama.cpp's llama-server) or json_object (a schema "
+        "inside {type: json_object}, llama-cpp-python's server); the judge then uses it",
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -68,6 +79,8 @@ class LMSettings(BaseModel):
             "api_base": self.api_base,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
+            "adapter": self.adapter,
+            "structured_output": self.structured_output,
         }
 
 

@@ -12,6 +12,7 @@ class AnalogyTeacherExplanation(dspy.Signature):
 
     question: str = dspy.InputField(desc="the question to explain")
     reference: str = dspy.InputField(desc="the standard answer, for your understanding only")
+    dialogue: str = dspy.InputField(desc="the conversation so far: the question")
     explanation: str = dspy.OutputField(
         desc="your one-paragraph explanation and approach, no numbers worked out"
     )

@@ -13,7 +13,7 @@ class DebaterTurn(dspy.Signature):
 
     student_name: str = dspy.InputField(desc="your name in the debate")
     question: str = dspy.InputField(desc="the question being debated")
-    dialogue: str = dspy.InputField(desc="the debate so far (empty if you speak first)")
+    dialogue: str = dspy.InputField(desc="the question and the debate so far")
     argument: str = dspy.OutputField(desc="your one-paragraph argument with steps and final answer")
 
 

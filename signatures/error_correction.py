@@ -12,6 +12,7 @@ class WeakStudentAnswer(dspy.Signature):
     own reply: never write the teacher's words, never simulate several turns."""
 
     question: str = dspy.InputField(desc="the question the teacher asked")
+    dialogue: str = dspy.InputField(desc="the conversation so far: the teacher's question")
     answer: str = dspy.OutputField(desc="your step-by-step answer with a finished final result")
 
 
