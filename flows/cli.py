@@ -276,7 +276,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from flows.config import SCENARIOS
-    from flows.experiment import compare, format_compare, optimize_scenario
+    from flows.experiment import compare, format_compare, optimize_lines, optimize_scenario
     from flows.jobs import ROLES_BY_SCENARIO
     from modules.lm import check_keys
 
@@ -290,12 +290,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for scenario in scenarios:
         if not args.compare:
             meta = optimize_scenario(cfg, scenario)
-            print(
-                f"{scenario}: saved version {meta['version']} ({meta['optimizer']}, agents "
-                f"changed: {', '.join(meta['agents']) or 'none'}); dev metric "
-                f"{meta['metric_before']:.3f} -> {meta['metric_after']:.3f}, {meta['calls']} calls"
-            )
-            print(f"  use it: scenarios.programs.{scenario}: {meta['version']}")
+            print(optimize_lines(scenario, meta))
         print(format_compare(scenario, compare(cfg, scenario)))
     return 0
 

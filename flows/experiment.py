@@ -9,8 +9,10 @@ baseline reuses what augment runs already generated.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -124,23 +126,27 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metric, pass rate per check, calls and tokens of a program on these jobs."""
 
-    def one(job: Job) -> tuple[dict | None, int | None, list]:
+    def one(job: Job) -> tuple[dict | None, int | None, list, str | None]:
         with ledger() as book, dialogue_slot(f"{job.seed.id}:{job.scenario}"):
             try:
                 turns = run_program(program, job)
-            except Exception:  # noqa: BLE001 - a failed dialogue scores zero (see Lab.guard)
-                return None, None, list(book.records)
+            except Exception as exc:  # noqa: BLE001 - counted as failed, never scored 0
+                return None, None, list(book.records), f"{type(exc).__name__}: {exc}"[:200]
             checks, score = example_checks(to_example(job), turns, cfg.quality, judge)
-            return checks, score, list(book.records)
+            return checks, score, list(book.records), None
 
     with ThreadPoolExecutor(max_workers=cfg.run.concurrency) as pool:
         results = list(pool.map(one, jobs))
-    scores = [score_checks(c, s) if c is not None else 0.0 for c, s, _ in results]
-    calls = [r for _, _, records in results for r in records]
+    # the metric is over the dialogues that ran: a failure is reported beside it, not a 0
+    scores = [score_checks(c, s) for c, s, _, _ in results if c is not None]
+    calls = [r for _, _, records, _ in results for r in records]
+    errors = [e for _, _, _, e in results if e is not None]
     return {
         "metric": round(sum(scores) / max(len(scores), 1), 4),
-        "pass_rates": pass_rates(c for c, _, _ in results if c is not None),
-        "failed": sum(1 for c, _, _ in results if c is None),
+        "pass_rates": pass_rates(c for c, _, _, _ in results if c is not None),
+        "ran": len(scores),
+        "failed": len(errors),
+        "failures": dict(Counter(errors).most_common(3)),
         "calls": sum(1 for r in calls if not r.cached),
         "cache_hits": sum(1 for r in calls if r.cached),
         "tokens": sum(r.tokens_in + r.tokens_out for r in calls),
@@ -210,6 +216,27 @@ def _restrict(compiled: dspy.Module, baseline: dspy.Module, agents: list[str]) -
     return apply_state(compiled, {**before, **keep})
 
 
+def as_saved(program: dspy.Module, lab: Lab) -> dspy.Module:
+    """The program exactly as `master run` loads it once saved: its state through JSON (what
+    save_version writes), applied to a fresh program on the lab's LMs (what load_version does)."""
+    state = json.loads(json.dumps(program_state(program), ensure_ascii=False))
+    return apply_state(lab.program(), state)
+
+
+#: More dialogues of the dev set failing than this share ends an experiment, saving nothing.
+MAX_FAILED_SHARE = 0.1
+
+
+def too_many_failed(scenario: str, label: str, result: dict[str, Any], size: int) -> None:
+    """Raise ExperimentError when more than a tenth of the dev set failed to run."""
+    if result["failed"] > MAX_FAILED_SHARE * size:
+        why = "; ".join(result["failures"]) or "unknown"
+        raise ExperimentError(
+            f"optimize {scenario}: {result['failed']} of {size} dev dialogues of the {label} "
+            f"failed (more than {MAX_FAILED_SHARE:.0%}), so nothing was saved: {why}"
+        )
+
+
 def changed_agents(before: dspy.Module, after: dspy.Module) -> list[str]:
     a, b = program_state(before), program_state(after)
     return sorted({name.split(".")[0] for name in a if a[name] != b.get(name)})
@@ -231,11 +258,15 @@ def optimize_scenario(
         trainset = [to_example(j) for j in lab.train]
         compiled = lab.guard(lambda: optimizer.compile(lab.program(), trainset=trainset))
         compiled = _restrict(compiled, lab.program(), cfg.optimize.agents)
-        after = lab.guard(lambda: evaluate(compiled, lab.dev, cfg, lab.judge))
+        # evaluated as `master run` will load it once saved: its saved state on fresh agents
+        candidate = as_saved(compiled, lab)
+        after = lab.guard(lambda: evaluate(candidate, lab.dev, cfg, lab.judge))
+        for label, result in (("baseline", before), ("optimized program", after)):
+            too_many_failed(scenario, label, result, len(lab.dev))
         meta = {
             "optimizer": name,
             "optimizer_settings": dict(cfg.optimize.settings),
-            "agents": changed_agents(baseline, compiled),
+            "agents": changed_agents(baseline, candidate),
             "roles": list(ROLES_BY_SCENARIO[scenario]),
             "lms": {r: cfg.lms.for_role(r).fingerprint() for r in ROLES_BY_SCENARIO[scenario]},  # type: ignore[arg-type]
             "train_size": len(lab.train),
@@ -243,6 +274,7 @@ def optimize_scenario(
             "split_seed": cfg.optimize.split_seed,
             "metric_before": before["metric"],
             "metric_after": after["metric"],
+            "beats_baseline": after["metric"] > before["metric"],
             "dev_before": before,
             "dev_after": after,
             "baseline_version": program_version(baseline),
@@ -250,7 +282,7 @@ def optimize_scenario(
             "elapsed_s": round(time.monotonic() - started, 2),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        meta["version"] = save_version(compiled, scenario, meta, lab.root)
+        meta["version"] = save_version(candidate, scenario, meta, lab.root)
         return meta
     finally:
         lab.close()
@@ -273,9 +305,31 @@ def compare(
         lab.close()
 
 
+def _dev(result: dict[str, Any]) -> str:
+    """A dev metric as printed: with the dialogues it is over, and its failures if any."""
+    failed = f", {result['failed']} FAILED (not scored)" if result.get("failed") else ""
+    return f"{result['metric']:.3f} (over {result.get('ran', '?')} dialogues{failed})"
+
+
+def optimize_lines(scenario: str, meta: dict[str, Any]) -> str:
+    """What `master optimize` prints for a saved version: its figures and whether to use it."""
+    head = (
+        f"{scenario}: saved version {meta['version']} ({meta['optimizer']}, agents changed: "
+        f"{', '.join(meta['agents']) or 'none'}); dev metric {_dev(meta['dev_before'])} -> "
+        f"{_dev(meta['dev_after'])}, {meta['calls']} calls"
+    )
+    if meta["beats_baseline"]:
+        return f"{head}\n  use it: scenarios.programs.{scenario}: {meta['version']}"
+    return (
+        f"{head}\n  it does not beat the baseline on the dev set "
+        f"({meta['metric_after']:.3f} <= {meta['metric_before']:.3f}): saved for the record, "
+        "keep the baseline"
+    )
+
+
 def format_compare(scenario: str, rows: list[dict[str, Any]]) -> str:
     checks = sorted({c for r in rows for c in r["pass_rates"]})
-    header = ["version", "metric", *checks, "calls", "cache hits", "tokens"]
+    header = ["version", "metric", "failed", *checks, "calls", "cache hits", "tokens"]
     lines = [f"{scenario}: dev set comparison", " | ".join(header)]
     for r in rows:
         rates = [f"{r['pass_rates'].get(c, float('nan')):.0%}" for c in checks]
@@ -284,6 +338,7 @@ def format_compare(scenario: str, rows: list[dict[str, Any]]) -> str:
                 [
                     r["version"],
                     f"{r['metric']:.3f}",
+                    str(r.get("failed", 0)),
                     *rates,
                     str(r["calls"]),
                     str(r["cache_hits"]),

@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.config import SCENARIOS, MasterConfig, Scenario, load_config
-from flows.experiment import compare, format_compare, optimize_scenario
+from flows.experiment import compare, format_compare, optimize_lines, optimize_scenario
 from modules.lm import check_keys
 
 
@@ -60,11 +60,14 @@ def optimize(
     results: dict[str, Any] = {}
     for name in scenarios:
         meta = optimize_task(cfg, name)
-        get_run_logger().info(
-            "%s: version %s, metric %.3f -> %.3f",
-            name, meta["version"], meta["metric_before"], meta["metric_after"],
-        )  # fmt: skip
-        results[name] = {"version": meta["version"], "metric_after": meta["metric_after"]}
+        get_run_logger().info("%s", optimize_lines(name, meta))
+        results[name] = {
+            "version": meta["version"],
+            "metric_before": meta["metric_before"],
+            "metric_after": meta["metric_after"],
+            "beats_baseline": meta["beats_baseline"],
+            "dev_failed": meta["dev_after"]["failed"],
+        }
         if run_compare:
             rows = compare_task(cfg, name)
             create_markdown_artifact(

@@ -48,6 +48,10 @@ class Agent(dspy.Module):
         self.predict = dspy.Predict(signature)
         if lm is not None:
             self.predict.lm = lm
+        # The role's LM, kept beside the predictor's: DSPy's optimizers reset the predictors
+        # of the programs they compile (Predict.reset sets lm to None), and the agent still
+        # speaks on its role's model. A predictor's own LM, if set, wins.
+        self.lm = lm
         self.role = role
         self.speaker = speaker
         self.retries = retries
@@ -59,7 +63,7 @@ class Agent(dspy.Module):
         for attempt in range(self.retries + 1):
             with rollout(attempt, prompt_sha(self.predict)), dspy.context(adapter=self.adapter):
                 try:
-                    prediction = self.predict(**inputs)
+                    prediction = self.predict(**inputs, lm=self._lm())
                 except AdapterParseError as exc:
                     note_format("failed")
                     error = exc
@@ -75,7 +79,7 @@ class Agent(dspy.Module):
         for attempt in range(self.retries + 1):
             with rollout(attempt, prompt_sha(self.predict)), dspy.context(adapter=self.adapter):
                 try:
-                    prediction = await self.predict.acall(**inputs)
+                    prediction = await self.predict.acall(**inputs, lm=self._lm())
                 except AdapterParseError as exc:
                     note_format("failed")
                     error = exc
@@ -84,6 +88,9 @@ class Agent(dspy.Module):
             if not said[2]:
                 break
         return self._turn(*self._parsed(said, error))
+
+    def _lm(self) -> dspy.LM | None:
+        return self.predict.lm or self.lm
 
     def _parsed(
         self, said: tuple[str, str | None, list[str]] | None, error: AdapterParseError | None
@@ -104,7 +111,7 @@ class Agent(dspy.Module):
         return text, finish, turn_problems(text, self.speaker, finish)
 
     def _turn(self, text: str, finish: str | None, problems: list[str]) -> dict[str, Any]:
-        lm = self.predict.lm
+        lm = self._lm()
         return {
             "speaker": self.speaker,
             "role": self.role,

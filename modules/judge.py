@@ -152,6 +152,7 @@ class Judge(dspy.Module):
         self.judge = dspy.Predict(JudgeDialogue)
         if lm is not None:
             self.judge.lm = lm
+        self.lm = lm  # kept when an optimizer resets the predictor (see modules/agents.py)
         self.adapter: dspy.Adapter = SchemaAdapter() if structured_output else dspy.ChatAdapter()
         self.retries = retries
 
@@ -168,7 +169,7 @@ class Judge(dspy.Module):
         for attempt in range(self.retries + 1):
             with rollout(attempt, prompt_sha(self.judge)), dspy.context(adapter=self.adapter):
                 try:
-                    return _checked(self.judge(**inputs))
+                    return _checked(self.judge(**inputs, lm=self.judge.lm or self.lm))
                 except (AdapterParseError, BadVerdict) as exc:
                     note_format("failed")
                     error = exc
@@ -188,7 +189,7 @@ class Judge(dspy.Module):
         for attempt in range(self.retries + 1):
             with rollout(attempt, prompt_sha(self.judge)), dspy.context(adapter=self.adapter):
                 try:
-                    return _checked(await self.judge.acall(**inputs))
+                    return _checked(await self.judge.acall(**inputs, lm=self.judge.lm or self.lm))
                 except (AdapterParseError, BadVerdict) as exc:
                     note_format("failed")
                     error = exc

@@ -28,6 +28,16 @@ from modules.settings import LMSettings, Role, RoleLMs
 dspy_speedups.install()
 
 
+class RoleLM(dspy.LM):
+    """A role's dspy.LM. A copy of a program shares its LMs: an LM is a client (engines, the
+    call cache, the budget, DSPy's engine lock), not program state, so deepcopy returns the
+    same LM. DSPy's optimizers copy programs; without this, each copy fell back to a shallow
+    copy of the LM with a warning per predictor."""
+
+    def __deepcopy__(self, memo: dict[int, object]) -> RoleLM:
+        return self
+
+
 class LMConfigError(Exception):
     """A role's LM cannot be built (for example its key variable is unset): one clear line."""
 
@@ -90,7 +100,7 @@ def build_lm(
         inner = BudgetEngine(inner, budget, *prices)  # type: ignore[assignment]
         ainner = AsyncBudgetEngine(ainner, budget, *prices)
     sync = CachingEngine(inner, role, store)
-    return dspy.LM(
+    return RoleLM(
         settings.model,
         engine=sync,
         async_engine=AsyncCachingEngine(ainner, sync),

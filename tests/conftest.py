@@ -33,7 +33,13 @@ BUNDLED = PROJECT / "data" / "seeds"
 #: Tests that load both cores on their own (the embedded model's llama.cpp threads, a Prefect
 #: server and worker, a Dask cluster): `make test` runs the suite on two xdist workers and
 #: keeps these on one of them, one at a time, while the other worker takes the rest.
-HEAVY_MODULES = {"test_embedded.py", "test_deployment.py", "test_dask.py", "test_flow.py"}
+HEAVY_MODULES = {
+    "test_embedded.py",
+    "test_deployment.py",
+    "test_dask.py",
+    "test_flow.py",
+    "test_real_server.py",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -104,7 +105,22 @@ def test_show_prompts_renders_every_call_without_a_model(scenario: str) -> None:
     else:
         assert len(calls) in (3, 5)
     assert "embedded SmolLM2" not in proc.stderr  # no model was loaded
-    assert "your objective is" in proc.stdout
+    # the agents' TurnAdapter: instructions as the system message, no field markers asked for
+    assert "--- system ---\nYou are" in proc.stdout and "[[ ##" not in proc.stdout
+
+
+def test_show_prompts_shows_a_roles_chat_adapter_when_the_config_chooses_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "show-prompts", "--scenario", "error_correction"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        timeout=120,
+        env={**os.environ, "MASTER__LMS__STRONG__ADAPTER": "chat"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    weak, teacher = proc.stdout.split("=== call 2")[0], proc.stdout.split("=== call 2")[1]
+    assert "[[ ##" not in weak and "your objective is" in teacher
 
 
 def test_vectors_are_cached_by_content_and_never_computed_twice(tmp_path: Path) -> None:
