@@ -183,11 +183,22 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("master").setLevel(logging.INFO)
     for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # DSPy warns on every truncated reply; the turn guards flag each one and summary.json
-    # counts them, so the warning is shown once per process.
-    lm_log = logging.getLogger("dspy.clients.lm")
-    if not any(isinstance(f, ShowOnce) for f in lm_log.filters):
-        lm_log.addFilter(ShowOnce())
+    # DSPy repeats some warnings for every call: a truncated reply (the turn guards flag each
+    # one and summary.json counts them), or MIPROv2's proposer passing extra inputs. Each
+    # distinct warning is shown once per process.
+    for name in REPEATING_LOGGERS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, ShowOnce) for f in log.filters):
+            log.addFilter(ShowOnce())
+
+
+#: DSPy loggers whose warnings repeat per call.
+REPEATING_LOGGERS = (
+    "dspy.clients.lm",
+    "dspy.predict.predict",
+    "dspy.adapters.chat_adapter",
+    "dspy.adapters.json_adapter",
+)
 
 
 class ShowOnce(logging.Filter):

@@ -9,6 +9,7 @@ baseline reuses what augment runs already generated.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -50,19 +51,52 @@ class ExperimentError(Exception):
     """An experiment cannot run or finish (too few seeds, budget spent): one line for users."""
 
 
-def _bootstrap(cfg: MasterConfig, metric: Callable[..., Any], prompt_lm: dspy.LM) -> Any:
+#: An optimizer and the settings that go to its compile() rather than its constructor.
+Tuner = tuple[Any, dict[str, Any]]
+
+
+def _configured(cls: type, settings: dict[str, Any], **fixed: Any) -> Tuner:
+    """The optimizer built with the settings its constructor takes; the others (MIPROv2's
+    num_trials, minibatch, ...) are passed to its compile(). An unknown one is one line."""
+
+    def takes(fn: Callable[..., Any]) -> tuple[set[str], bool]:
+        params = inspect.signature(fn).parameters.values()
+        names = {p.name for p in params} - {"self", "metric", "student", "trainset"}
+        return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+    (init, init_any), (comp, _) = takes(cls.__init__), takes(cls.compile)
+    unknown = sorted(set(settings) - init - comp) if not init_any else []
+    if unknown:
+        raise ExperimentError(
+            f"optimize.settings: {', '.join(unknown)} is not a setting of {cls.__name__} "
+            f"(it takes: {', '.join(sorted((init | comp) - set(fixed)))})"
+        )
+    built = {k: v for k, v in settings.items() if k in init or (init_any and k not in comp)}
+    return cls(**fixed, **built), {k: v for k, v in settings.items() if k not in built}
+
+
+def _bootstrap(cfg: MasterConfig, metric: Callable[..., Any], prompt_lm: dspy.LM) -> Tuner:
     settings = {"max_bootstrapped_demos": 2, "max_labeled_demos": 0, **cfg.optimize.settings}
-    return dspy.BootstrapFewShot(metric=metric, **settings)
+    return _configured(dspy.BootstrapFewShot, settings, metric=metric)
 
 
-def _mipro(cfg: MasterConfig, metric: Callable[..., Any], prompt_lm: dspy.LM) -> Any:
+def _mipro(cfg: MasterConfig, metric: Callable[..., Any], prompt_lm: dspy.LM) -> Tuner:
     settings = {"auto": "light", "max_labeled_demos": 0, **cfg.optimize.settings}
-    return dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, task_model=prompt_lm, **settings)
+    return _configured(
+        dspy.MIPROv2, settings, metric=metric, prompt_model=prompt_lm, task_model=prompt_lm
+    )
 
 
-def _gepa(cfg: MasterConfig, metric: Callable[..., Any], prompt_lm: dspy.LM) -> Any:
-    settings = {"max_metric_calls": cfg.optimize.max_calls, **cfg.optimize.settings}
-    return dspy.GEPA(metric=metric, reflection_lm=prompt_lm, **settings)
+#: LM calls one GEPA metric call costs, about: a dialogue's turns (3 to 5, retries aside) and
+#: a share of the reflection calls. Its default metric budget keeps within optimize.max_calls.
+CALLS_PER_METRIC_CALL = 6
+
+
+def _gepa(cfg: MasterConfig, metric: Callable[..., Any], prompt_lm: dspy.LM) -> Tuner:
+    settings = dict(cfg.optimize.settings)
+    if not {"auto", "max_full_evals", "max_metric_calls"} & set(settings):
+        settings["max_metric_calls"] = max(1, cfg.optimize.max_calls // CALLS_PER_METRIC_CALL)
+    return _configured(dspy.GEPA, settings, metric=metric, reflection_lm=prompt_lm)
 
 
 # name -> (builder, whether the metric returns textual feedback); a registry, not an if-chain
@@ -254,9 +288,11 @@ def optimize_scenario(
         baseline = lab.program()
         before = lab.guard(lambda: evaluate(baseline, lab.dev, cfg, lab.judge))
         metric = make_metric(cfg.quality, lab.judge, with_feedback)
-        optimizer = build(cfg, metric, lab.lms["strong"])
+        optimizer, compile_settings = build(cfg, metric, lab.lms["strong"])
         trainset = [to_example(j) for j in lab.train]
-        compiled = lab.guard(lambda: optimizer.compile(lab.program(), trainset=trainset))
+        compiled = lab.guard(
+            lambda: optimizer.compile(lab.program(), trainset=trainset, **compile_settings)
+        )
         compiled = _restrict(compiled, lab.program(), cfg.optimize.agents)
         # evaluated as `master run` will load it once saved: its saved state on fresh agents
         candidate = as_saved(compiled, lab)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import PROJECT, finished_calls, log_tail, role_lms, stop_group
+from conftest import PROJECT, finished_calls, log_tail, role_lms, run_cli, stop_group
 from fake_llm import FakeLLMServer
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -206,6 +206,40 @@ def test_deployment_runs_on_a_worker(
             json.loads((tmp_path / "cancel-out" / "summary.json").read_text())["lm"]["cache_hits"]
             >= finished
         )
+
+        # the optimize/experiment deployment: an experiment runs on the worker, its figures
+        # are the ones --compare gives for the saved version, no dev dialogue failed
+        programs = tmp_path / "programs"
+        opt_config = write_config(
+            role_lms(fake_llm.base_url, key_env="MASTER_CANARY_KEY"),
+            sample=12,
+            scenarios={"proportions": {"error_correction": 1, "debate": 0, "analogy": 0}},
+            optimize={"train_size": 4, "dev_size": 4, "programs_dir": str(programs)},
+            cache={"dir": str(tmp_path / "opt-cache")},
+        )
+        params = {"config_path": str(opt_config), "scenario": "error_correction"}
+        ran = cli("deployment", "run", "optimize/experiment", "--params", json.dumps(params),
+                  "--watch", "--watch-interval", "2", "--watch-timeout", str(RUN_TIMEOUT),
+                  timeout=RUN_TIMEOUT + 60)  # fmt: skip
+        opt_id = re.search(r"UUID:\s*([0-9a-f-]{36})", ran).group(1)  # type: ignore[union-attr]
+        with httpx.Client(base_url=api, timeout=30) as client:
+            state = client.get(f"/flow_runs/{opt_id}").json()["state"]
+            assert state["type"] == "COMPLETED", f"{state}\n{log_tail(logs / 'worker.log')}"
+        (meta_path,) = (programs / "error_correction").glob("*.meta.json")
+        meta = json.loads(meta_path.read_text())
+        assert meta["dev_after"]["failed"] == 0 and meta["dev_after"]["ran"] == 4, meta
+        compare_args = ("--scenario", "error_correction", "--compare")
+        compared = run_cli(
+            "optimize",
+            "--config",
+            str(opt_config),
+            *compare_args,
+            env={"MASTER_CANARY_KEY": CANARY},
+        )
+        row = next(
+            line for line in compared.stdout.splitlines() if line.startswith(meta["version"])
+        )
+        assert abs(float(row.split(" | ")[1]) - meta["metric_after"]) <= 0.01, (row, meta)
 
         # the key never reaches a file the run, the server or the worker wrote, nor the
         # server's stored parameters, logs and artifacts

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dspy
 import pytest
 
 from conftest import role_lms, run_cli
@@ -135,7 +136,8 @@ def test_every_optimizer_in_the_registry_builds(
     cfg = load_config(write_config(role_lms("http://127.0.0.1:9/v1")), environ={})
     build, _ = OPTIMIZERS[optimizer]
     lm = dspy.LM("openai/x", api_base="http://127.0.0.1:9/v1", api_key="k")
-    assert build(cfg, lambda *a, **k: 1.0, lm) is not None
+    optimizer, compile_settings = build(cfg, lambda *a, **k: 1.0, lm)
+    assert optimizer is not None and isinstance(compile_settings, dict)
 
 
 @pytest.mark.embedded
@@ -165,3 +167,90 @@ def test_bootstrap_few_shot_on_the_embedded_model(tmp_path: Path) -> None:
     assert meta["lms"]["strong"]["model"] == "embedded/smollm2-135m-instruct"
     assert 0.0 <= meta["metric_before"] <= 1.0 and 0.0 <= meta["metric_after"] <= 1.0
     assert any(line.startswith("baseline |") for line in proc.stdout.splitlines())
+
+
+#: Small budgets: every optimizer finishes in seconds against the fake server.
+SMALL = {
+    "bootstrap_few_shot": {"max_bootstrapped_demos": 1},
+    "mipro_v2": {
+        "auto": None,
+        "num_candidates": 2,
+        "num_trials": 2,
+        "max_bootstrapped_demos": 1,
+        "minibatch": False,
+    },
+    "gepa": {"max_metric_calls": 24},
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(SMALL))
+def test_every_optimizers_recorded_metric_is_what_compare_measures(
+    optimizer: str,
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    embedder: Any,
+    tmp_path: Path,
+) -> None:
+    config = _config(
+        write_config,
+        fake_llm.base_url,
+        tmp_path,
+        optimizer=optimizer,
+        settings=SMALL[optimizer],
+        max_calls=600,
+    )
+    proc = run_cli("optimize", "--config", str(config), "--scenario", "error_correction")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) < 5, warnings
+    (meta_path,) = (tmp_path / "programs" / "error_correction").glob("*.meta.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["dev_after"]["failed"] == 0 and meta["dev_after"]["ran"] == 4, meta["dev_after"]
+    assert f"-> {meta['metric_after']:.3f} (over 4 dialogues)" in proc.stdout
+    use_it = f"use it: scenarios.programs.error_correction: {meta['version']}" in proc.stdout
+    assert use_it == (meta["metric_after"] > meta["metric_before"]), proc.stdout
+
+    compared = run_cli("optimize", "--config", str(config), "--scenario", "error_correction",
+                       "--compare")  # fmt: skip
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    row = next(r for r in compared.stdout.splitlines() if r.startswith(f"{meta['version']} |"))
+    assert abs(float(row.split(" | ")[1]) - meta["metric_after"]) <= 0.01, (row, meta)
+
+    # the saved version loads in a run and re-runs only the calls of the agents it changed
+    cfg = load_config(config, environ={})
+    run_pipeline(cfg, tmp_path / "base", embedder=embedder)
+    fake_llm.reset()
+    programs = {"error_correction": meta["version"]}
+    tuned = cfg.model_copy(
+        update={"scenarios": cfg.scenarios.model_copy(update={"programs": programs})}
+    )
+    result = run_pipeline(tuned, tmp_path / "tuned", embedder=embedder)
+    assert sum(result.summary["dialogues"].values()) > 0
+    by_model = fake_llm.count_by_model()
+    assert set(meta["agents"]) <= {"teacher"}  # optimize.agents restricts the changes
+    assert by_model.get("weak-model", 0) == 0, by_model  # the weak student's turns are reused
+    if not meta["agents"]:
+        assert fake_llm.request_count == 0, by_model
+
+
+def test_a_dev_set_that_mostly_fails_ends_the_experiment_saving_nothing(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = _config(write_config, fake_llm.base_url, tmp_path)
+    fake_llm.responder = lambda body: "" if body["model"] == "weak-model" else None
+    proc = run_cli("optimize", "--config", str(config), "--scenario", "error_correction")
+    assert proc.returncode != 0
+    assert "dev dialogues of the baseline failed" in proc.stderr, proc.stderr[-2000:]
+    assert "nothing was saved" in proc.stderr
+    assert not list((tmp_path / "programs").glob("**/*.json"))
+
+
+def test_an_unknown_optimizer_setting_is_one_clear_line() -> None:
+    from flows.experiment import ExperimentError, _configured
+
+    lm = dspy.LM("openai/x", api_base="http://127.0.0.1:9/v1", api_key="k")
+    fixed = {"metric": lambda *a: 1.0, "prompt_model": lm, "task_model": lm}
+    with pytest.raises(ExperimentError, match="num_trails is not a setting of MIPROv2"):
+        _configured(dspy.MIPROv2, {"num_trails": 2}, **fixed)
+    _, compile_settings = _configured(dspy.MIPROv2, {"num_trials": 2, "auto": None}, **fixed)
+    assert compile_settings == {"num_trials": 2}
