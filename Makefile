@@ -49,6 +49,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check flows modules signatures tests benchmarks
 	$(VENV)/bin/ruff format --check flows modules signatures tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) benchmarks/run.py

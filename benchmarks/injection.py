@@ -105,11 +105,13 @@ def bench_injection() -> dict[str, Any]:
     import polars as pl
     import yaml
 
-    import modules  # noqa: F401
+    from modules.runtime import setup
+
+    setup()
     from conftest import hashing_embedder, role_lms
     from fake_llm import FakeLLMServer
-    from flows.config import load_config
-    from flows.run import run_pipeline
+    from flows.core.config import load_config
+    from flows.runs.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory() as tmp, FakeLLMServer(responder=_obedient) as server:
         seeds = Path(tmp) / "hostile.jsonl"

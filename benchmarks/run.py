@@ -28,9 +28,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import modules  # noqa: E402,F401
-from flows.config import load_config  # noqa: E402
-from flows.run import run_pipeline  # noqa: E402
+from modules.runtime import setup  # noqa: E402
+
+setup()
+from flows.core.config import load_config  # noqa: E402
+from flows.runs.pipeline import run_pipeline  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
@@ -112,9 +114,7 @@ def _environ(cfg: dict) -> dict[str, str]:
     return env
 
 
-def _pipeline_config(
-    tmp: str, base_url: str, seeds: dict, concurrency: int, workers: int = 1
-) -> Path:
+def _pipeline_config(tmp: str, base_url: str, seeds: dict, concurrency: int) -> Path:
     import yaml
 
     cfg_path = Path(tmp) / "config.yaml"
@@ -124,7 +124,7 @@ def _pipeline_config(
                 "lms": _remote_lms(base_url),
                 "seeds": seeds,
                 "cache": {"dir": str(Path(tmp) / "cache")},
-                "run": {"concurrency": concurrency, "workers": workers},
+                "run": {"concurrency": concurrency},
             }
         )
     )
@@ -147,45 +147,40 @@ def _reject_reasons(out: Path) -> dict[str, int]:
     return {f"{row['stage']}: {row['cause']}": row["len"] for row in counted.to_dicts()}
 
 
-def _timed_run(
-    seeds: int, latency: float, concurrency: int, extra: tuple[str, ...] = (), workers: int = 1
-) -> dict:
+def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, ...] = ()) -> dict:
     """One pipeline run on the shared sources against a fake server in its own process.
 
-    CPU is this process's and its simulation workers' (reaped before the server is), and the
-    simulation's own wall time (run_jobs: simulate and verify, with the analogy retrieval
-    overlapping them) is timed apart from loading, assigning and publishing."""
+    CPU is this process's (and its children's, reaped before the server is), and the
+    simulation's own wall time (the simulate stage: simulate and verify) is timed apart from
+    loading, planning and publishing."""
     import resource
 
-    import flows.run
     from conftest import hashing_embedder
+    from flows.runs.pipeline import Stages, drive
+    from flows.runs.shards import simulate_jobs
 
     def children() -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return usage.ru_utime + usage.ru_stime
 
     simulation: list[float] = []
-    run_jobs = flows.run.run_jobs
 
     def timed_jobs(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
         try:
-            return run_jobs(*args, **kwargs)
+            return simulate_jobs(*args, **kwargs)
         finally:
             simulation.append(time.monotonic() - start)
 
     with tempfile.TemporaryDirectory() as tmp, fake_server(latency, extra) as (base_url, served):
         sources = {"sources": _shared_sources(), "sample": seeds}
-        config = _pipeline_config(tmp, base_url, sources, concurrency, workers)
+        config = _pipeline_config(tmp, base_url, sources, concurrency)
         cfg = load_config(config, environ={})
-        flows.run.run_jobs = timed_jobs  # type: ignore[assignment]
-        try:
-            cpu0, child0, start = time.process_time(), children(), time.monotonic()
-            result = run_pipeline(cfg, Path(tmp) / "out", embedder=hashing_embedder)
-            wall = time.monotonic() - start
-            cpu = time.process_time() - cpu0 + children() - child0
-        finally:
-            flows.run.run_jobs = run_jobs  # type: ignore[assignment]
+        stages = Stages(simulate=timed_jobs)
+        cpu0, child0, start = time.process_time(), children(), time.monotonic()
+        result = drive(cfg, Path(tmp) / "out", embedder=hashing_embedder, stages=stages)
+        wall = time.monotonic() - start
+        cpu = time.process_time() - cpu0 + children() - child0
         requests = served()
         reasons = _reject_reasons(Path(tmp) / "out")
     return {
@@ -198,21 +193,18 @@ def _timed_run(
     }
 
 
-def bench_throughput(
-    seeds: int = 2000, latency: float = 0.2, concurrency: int = 64, workers: int = 1
-) -> dict:
+def bench_throughput(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
     """Seeds through the pipeline against the fake server; compared with the ideal time.
     Three runs, the one with the median wall time reported (this machine's noise moves a
     single run by a few seconds); `wall_s_runs` lists all three."""
     runs = sorted(
-        (_timed_run(seeds, latency, concurrency, workers=workers) for _ in range(3)),
+        (_timed_run(seeds, latency, concurrency) for _ in range(3)),
         key=lambda r: r["wall"],
     )
     run = runs[1]
     result, wall, cpu, calls = run["result"], run["wall"], run["cpu"], run["requests"]
     ideal = calls * latency / concurrency
     dialogues = sum(result.summary["dialogues"].values())
-    name = "throughput_workers" if workers > 1 else "throughput"
     return {
         "seeds": seeds,
         "dialogues": dialogues,  # accepted; the fake's placeholder answers fail fidelity
@@ -220,37 +212,28 @@ def bench_throughput(
         "calls": calls,
         "latency_s": latency,
         "concurrency": concurrency,
-        "workers": workers,
         "wall_s": round(wall, 2),
         "wall_s_runs": [round(r["wall"], 2) for r in runs],
         "ideal_s": round(ideal, 2),
         "fraction_of_ideal": round(ideal / wall, 3),
         "simulation_wall_s": round(run["simulation"], 2),
         "simulation_fraction_of_ideal": round(ideal / run["simulation"], 3),
-        "fixed_s": round(wall - run["simulation"], 2),  # load, assign, publish
+        "fixed_s": round(wall - run["simulation"], 2),  # load, plan, publish
         "cpu_ms_per_call": round(cpu * 1000 / max(calls, 1), 2),
         "seeds_kept": result.summary["seeds"]["kept"],
         "rejects": run["reasons"],
-        "command": f"python benchmarks/run.py --only {name}  # {seeds} seeds",
+        "command": f"python benchmarks/run.py --only throughput  # {seeds} seeds",
     }
 
 
-def bench_throughput_workers(seeds: int = 2000) -> dict:
-    """bench_throughput with run.workers 2: two simulation processes, 32 dialogues each."""
-    return bench_throughput(seeds, workers=2)
-
-
-def bench_faults(
-    seeds: int = 2000, latency: float = 0.2, concurrency: int = 64, workers: int = 1
-) -> dict:
+def bench_faults(seeds: int = 2000, latency: float = 0.2, concurrency: int = 64) -> dict:
     """throughput with 2% HTTP 500 and 2% HTTP 429 (Retry-After: 1 s) from the fake server.
 
     The ideal time counts only the calls the dialogues needed (the ledger's calls), not the
     failed attempts, so every retry and Retry-After wait counts against the pipeline. Every
     dialogue must complete: `simulate_failures` (dialogues lost to an error) must be 0."""
     extra = ("--fail-rate-500", "0.02", "--fail-rate-429", "0.02", "--retry-after", "1")
-    name = "faults_workers" if workers > 1 else "faults"
-    run = _timed_run(seeds, latency, concurrency, extra, workers)
+    run = _timed_run(seeds, latency, concurrency, extra)
     result, wall, cpu = run["result"], run["wall"], run["cpu"]
     calls = result.summary["lm"]["calls"]
     ideal = calls * latency / concurrency
@@ -273,15 +256,9 @@ def bench_faults(
         "ideal_s": round(ideal, 2),
         "fraction_of_ideal": round(ideal / wall, 3),
         "cpu_ms_per_call": round(cpu * 1000 / max(calls, 1), 2),
-        "workers": workers,
         "target": ">= 0.60 of ideal, every dialogue completed",
-        "command": f"python benchmarks/run.py --only {name}  # {seeds} seeds",
+        "command": f"python benchmarks/run.py --only faults  # {seeds} seeds",
     }
-
-
-def bench_faults_workers(seeds: int = 2000) -> dict:
-    """bench_faults with run.workers 2."""
-    return bench_faults(seeds, workers=2)
 
 
 def _child(*args: str) -> dict:
@@ -375,7 +352,7 @@ def _pipeline_vs_baseline(results: dict, tag: str | None) -> None:
     suffix = f" ({tag})" if tag else ""
     benches = results["benches"]
     base = benches.get(f"baseline{suffix}")
-    for name in ("throughput", "throughput_workers"):
+    for name in ("throughput",):
         pipeline = benches.get(f"{name}{suffix}")
         if pipeline and base and base.get("calls_per_s"):
             rate = pipeline["calls"] / pipeline["wall_s"]
@@ -433,8 +410,8 @@ def _variants(count: int, seed: int = 0) -> list[dict[str, str]]:
 
 def bench_dedupe(seeds: int = 200_000) -> dict:
     """Exact plus near-duplicate dedupe of `seeds` seeds (loading included)."""
-    from flows.config import SeedsConfig
-    from flows.seeds import load_seeds
+    from flows.core.config import SeedsConfig
+    from flows.ingest.seeds import load_seeds
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "seeds.jsonl"
@@ -671,12 +648,10 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "dedupe": bench_dedupe,
     "load_sharegpt": bench_load_sharegpt,
     "throughput": bench_throughput,
-    "throughput_workers": bench_throughput_workers,
     "baseline": bench_baseline,
     "embedded": bench_embedded,
     "real_endpoint": bench_real_endpoint,
     "faults": bench_faults,
-    "faults_workers": bench_faults_workers,
     "growth": bench_growth,
     "injection": bench_injection,
     "soak": bench_soak,
@@ -691,6 +666,11 @@ def _machine() -> dict[str, object]:
         "platform": platform.platform(),
         "versions": {p: version(p) for p in ("dspy", "prefect", "litellm", "llama_cpp_python")},
     }
+
+
+#: The measurements behind design decisions in the code (whose comments name the bench, not
+#: the figures), written under RESULTS.md's table.
+DECISIONS = ROOT / "benchmarks" / "decisions.md"
 
 
 def _markdown(results: dict) -> str:
@@ -726,15 +706,15 @@ def _markdown(results: dict) -> str:
         for key, value in figures.items():
             if key != "command":
                 lines.append(f"| {name} | {key} | {value} | `{command}` |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + DECISIONS.read_text(encoding="utf-8")
 
 
 def measure_load(path: str) -> int:
     """Child side of load_sharegpt: load in a fresh process so its peak memory is its own."""
     import resource
 
-    from flows.config import SeedsConfig
-    from flows.seeds import load_seeds
+    from flows.core.config import SeedsConfig
+    from flows.ingest.seeds import load_seeds
 
     cfg = SeedsConfig.model_validate(
         {"sources": [{"path": path, "domain": "general", "format": "sharegpt"}], "sample": 19000}

@@ -1,15 +1,15 @@
 """The augment flow: the main job as Prefect tasks, for deployments and schedules.
 
-The steps are the same functions `master run` calls (flows/run.py); this file only wires them
-as tasks, splits simulation into shards (never one task per seed), and publishes the report
-and summary as artifacts. Prefect's own task caching is off: it hashes inputs with cloudpickle
-and is per flow run, while our content-addressed LM cache already makes reruns incremental.
+The steps are the same functions `master run` calls (flows/runs/pipeline.py); this file only
+wires them as tasks, splits simulation into shards (never one task per seed), and publishes the
+report and summary as artifacts. Prefect's own task caching is off: it hashes inputs with
+cloudpickle and is per flow run, while our content-addressed LM cache already makes reruns
+incremental.
 
-Scale-out: with `run.task_runner: dask` the shards run on a Dask cluster (`run.dask_address`,
-or a local one) through prefect-dask's DaskTaskRunner, in a `simulate-shards` subflow: the
-task runner is chosen from the config at run time, which a decorator argument could not do.
-Loading, planning and publishing stay in the flow's own process.
-"""
+Scale-out: with `run.task_runner: dask` the shards run on a Dask cluster (`run.dask_address`, or
+a local one) through prefect-dask's DaskTaskRunner, in a `simulate-shards` subflow: the task
+runner is chosen from the config at run time, which a decorator argument could not do. Loading,
+planning and publishing stay in the flow's own process."""
 
 from __future__ import annotations
 
@@ -30,37 +30,38 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 
-from flows.collect import Collected
-from flows.config import MasterConfig, RunConfig, load_config
-from flows.jobs import Job
-from flows.output import output_lock
-from flows.records import Reject
-from flows.run import (
-    new_budget,
-    plan_jobs,
-    program_versions,
-    publish,
-    replay,
-    roles_in_use,
-    run_shard,
-    with_overrides,
-)
-from flows.run_cache import run_key
-from flows.seeds import LoadResult, load_seeds
-from flows.simulate import STOP, Outcome
-from flows.spill import clear_spills, spill_folder
-from modules.budget import CallBudget
-from modules.lm import check_keys
+from flows.core.config import MasterConfig, RunConfig, load_config
+from flows.core.records import Reject
+from flows.ingest.seeds import LoadResult
+from flows.planning.jobs import Job, plan_jobs
+from flows.publish.collect import Collected
+from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
+from flows.runs.shards import new_budget, run_shard
+from flows.simulation.simulate import STOP, Outcome
+from modules.lm.budget import CallBudget
+from modules.runtime import setup
+
+
+@task(name="replay-run", cache_policy=NO_CACHE)
+def replay_task(
+    cfg: MasterConfig, out: Path, seeds: list[str] | None, embedder: Any, started: float
+) -> tuple[str | None, dict[str, Any] | None]:
+    key, summary = replay_run(cfg, out, seeds, embedder, started)
+    if summary is not None:
+        publish_artifacts(str(out), summary)
+    return key, summary
 
 
 @task(name="load-seeds", cache_policy=NO_CACHE)
 def load_task(cfg: MasterConfig, seeds: list[str] | None) -> LoadResult:
-    return load_seeds(cfg.seeds, seeds)
+    return load_stage(cfg, seeds)
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(loaded: LoadResult, cfg: MasterConfig) -> tuple[list[Job], list[Reject]]:
-    return plan_jobs(loaded, cfg)
+def plan_task(
+    loaded: LoadResult, cfg: MasterConfig, embedder: Any
+) -> tuple[list[Job], list[Reject]]:
+    return plan_jobs(loaded, cfg, embedder)
 
 
 @task(name="simulate-shard", cache_policy=NO_CACHE, task_run_name="simulate-shard-{index}")
@@ -73,28 +74,38 @@ def simulate_task(
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(
     cfg: MasterConfig,
-    out: str,
+    out: Path,
     loaded: LoadResult,
     plan_rejects: list[Reject],
     collected: Collected,
     started: float,
     key: str | None = None,
 ) -> dict[str, Any]:
-    summary = publish(cfg, Path(out), loaded, plan_rejects, collected, started, key)
-    publish_artifacts(out, summary)
+    summary = publish(cfg, out, loaded, plan_rejects, collected, started, key)
+    publish_artifacts(str(out), summary)
     return summary
 
 
-@task(name="replay-run", cache_policy=NO_CACHE)
-def replay_task(
-    cfg: MasterConfig, out: str, seeds: list[str] | None, started: float
-) -> tuple[str | None, dict[str, Any] | None]:
-    """The run's key, and the summary of a stored run with exactly these inputs, restored."""
-    key = run_key(cfg, program_versions(cfg), seeds)
-    summary = replay(cfg, Path(out), key, started)
-    if summary is not None:
-        publish_artifacts(out, summary)
-    return key, summary
+def simulate_in_shards(jobs: list[Job], cfg: MasterConfig, spill: Path) -> Collected:
+    """The simulate stage of the flow: run.shard_size jobs a task, on the thread runner or,
+    with run.task_runner dask, on a Dask cluster."""
+    size = cfg.run.shard_size
+    shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    rows = str(spill / "rows.jsonl")
+    if cfg.run.task_runner == "dask":
+        runner = dask_runner(cfg.run)
+        return simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg), rows)
+    return submit_shards(shards, cfg, rows, new_budget(cfg))
+
+
+#: The flow's stages: the driver's own functions as Prefect tasks.
+FLOW_STAGES = Stages(
+    replay=replay_task,
+    load=load_task,
+    plan=plan_task,
+    simulate=simulate_in_shards,
+    publish=publish_task,
+)
 
 
 def publish_artifacts(out: str, summary: dict[str, Any]) -> None:
@@ -130,28 +141,6 @@ def publish_artifacts(out: str, summary: dict[str, Any]) -> None:
             key=f"augment-{png.stem.replace('_', '-')}",
             description=f"{png.name} of this run",
         )
-
-
-def _augment(
-    cfg: MasterConfig, out_dir: str, seeds: list[str] | None, key: str | None, started: float
-) -> dict[str, Any]:
-    """load -> plan -> simulate in shards -> publish: a run with something to compute."""
-    loaded = load_task(cfg, seeds)
-    jobs, plan_rejects = plan_task(loaded, cfg)
-    size = cfg.run.shard_size
-    shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-    spill = str(spill_folder(Path(out_dir), "flow") / "rows.jsonl")
-    try:
-        if cfg.run.task_runner == "dask":
-            runner = dask_runner(cfg.run)
-            collected = simulate_shards.with_options(task_runner=runner)(
-                shards, on_cluster(cfg), spill
-            )
-        else:
-            collected = submit_shards(shards, cfg, spill, new_budget(cfg))
-        return publish_task(cfg, out_dir, loaded, plan_rejects, collected, started, key)
-    finally:
-        clear_spills(Path(out_dir))
 
 
 def dask_runner(run: RunConfig) -> TaskRunner:
@@ -242,17 +231,13 @@ def augment(
     """Seeds -> dialogues -> dataset. Parameters override the config file's values:
     `scenarios` the proportions (e.g. {"debate": 1, "analogy": 0, "error_correction": 0}),
     `max_calls` the run's LM-call budget."""
-    started = time.monotonic()
+    setup()
     cfg = load_config(config_path, profile)
     if sample is not None:
         cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
     cfg = with_overrides(cfg, scenarios, max_calls)
     out_dir = out or cfg.run.out
-    check_keys(cfg.lms, roles_in_use(cfg))
-    with output_lock(Path(out_dir)):  # a second run on this folder refuses at once
-        key, summary = replay_task(cfg, out_dir, seeds, started)
-        if summary is None:
-            summary = _augment(cfg, out_dir, seeds, key, started)
+    summary = drive(cfg, Path(out_dir), seeds, stages=FLOW_STAGES).summary
     if summary["breaker"]["tripped"]:  # outputs are written; the run itself did not succeed
         raise RuntimeError(
             f"stopped: {summary['breaker']['reason']}; {summary['quality']['accepted']} "

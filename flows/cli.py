@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from flows.config import ConfigError, MasterConfig, load_config
+from flows.core.config import ConfigError, MasterConfig, load_config
+from modules.runtime import setup
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -183,37 +184,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("master").setLevel(logging.INFO)
     for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # DSPy repeats some warnings for every call: a truncated reply (the turn guards flag each
-    # one and summary.json counts them), or MIPROv2's proposer passing extra inputs. Each
-    # distinct warning is shown once per process.
-    for name in REPEATING_LOGGERS:
-        log = logging.getLogger(name)
-        if not any(isinstance(f, ShowOnce) for f in log.filters):
-            log.addFilter(ShowOnce())
-
-
-#: DSPy loggers whose warnings repeat per call.
-REPEATING_LOGGERS = (
-    "dspy.clients.lm",
-    "dspy.predict.predict",
-    "dspy.adapters.chat_adapter",
-    "dspy.adapters.json_adapter",
-)
-
-
-class ShowOnce(logging.Filter):
-    """Lets each distinct message template through once (the first record of each)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = str(record.msg)
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
 
 
 def _load(args: argparse.Namespace) -> MasterConfig:
@@ -229,7 +199,7 @@ def _with_sample(cfg: MasterConfig, sample: int | None) -> MasterConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.run import run_pipeline, with_overrides
+    from flows.runs.pipeline import run_pipeline, with_overrides
 
     if args.max_calls is not None and args.max_calls <= 0:
         raise ConfigError("--max-calls: must be a positive number of calls")
@@ -265,8 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from flows.audit import format_audit, run_audit
-    from modules.lm import check_keys
+    from flows.commands.verify_dataset import format_audit, run_audit
+    from modules.lm.factory import check_keys
 
     cfg = _load(args)
     if not args.no_judge and cfg.quality.judge:
@@ -286,10 +256,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from flows.config import SCENARIOS
-    from flows.experiment import compare, format_compare, optimize_lines, optimize_scenario
-    from flows.jobs import ROLES_BY_SCENARIO
-    from modules.lm import check_keys
+    from flows.core.config import SCENARIOS
+    from flows.optimization.experiment import (
+        compare,
+        format_compare,
+        optimize_lines,
+        optimize_scenario,
+    )
+    from flows.planning.jobs import ROLES_BY_SCENARIO
+    from modules.lm.factory import check_keys
 
     cfg = _load(args)
     updates = {k: v for k, v in (("optimizer", args.optimizer), ("max_calls", args.max_calls)) if v}
@@ -307,8 +282,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
-    from flows.output import write_json, write_rejects, write_seeds
-    from flows.seeds import load_seeds
+    from flows.core.files import write_json
+    from flows.ingest.seeds import load_seeds
+    from flows.publish.writers import write_rejects, write_seeds
 
     cfg = _with_sample(_load(args), args.sample)
     started = time.monotonic()
@@ -333,7 +309,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from flows.plan import format_plan, plan_run
+    from flows.commands.dry_run import format_plan, plan_run
 
     cfg = _with_sample(_load(args), args.sample)
     result = plan_run(cfg, args.seeds)
@@ -344,7 +320,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     import json
 
-    from flows.cache_admin import cache_stats, prune
+    from flows.runs.cache_admin import cache_stats, prune
 
     cfg = _load(args)
     if args.cache_command == "stats":
@@ -369,8 +345,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_show_prompts(args: argparse.Namespace) -> int:
-    from flows.prompts import example_job, format_prompts, render_prompts
-    from flows.seeds import load_seeds
+    from flows.commands.show_prompts import example_job, format_prompts, render_prompts
+    from flows.ingest.seeds import load_seeds
 
     cfg = _load(args)
     loaded = load_seeds(cfg.seeds, args.seeds)
@@ -389,7 +365,7 @@ def _endpoint(settings: object) -> str:
 
 
 def cmd_lm_check(args: argparse.Namespace) -> int:
-    from modules.lm import LMConfigError, build_lm
+    from modules.lm.factory import LMConfigError, build_lm
 
     cfg = _load(args)
     failed = 0
@@ -428,12 +404,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["lm", "--help"])
     if args.command == "cache" and args.cache_command is None:
         parser.parse_args(["cache", "--help"])
+    setup()
     _setup_logging(args.verbose)
-    from flows.experiment import ExperimentError
-    from flows.output import OutputLockedError, PublishError
-    from flows.seeds import SeedSourceError
-    from modules.embedded import EmbeddedModelError
-    from modules.lm import LMConfigError
+    from flows.core.files import OutputLockedError
+    from flows.ingest.seeds import SeedSourceError
+    from flows.optimization.experiment import ExperimentError
+    from flows.publish.writers import PublishError
+    from modules.lm.embedded import EmbeddedModelError
+    from modules.lm.factory import LMConfigError
 
     try:
         if args.command == "run":

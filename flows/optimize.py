@@ -1,8 +1,7 @@
 """The optimize flow: prompt-optimization experiments as Prefect tasks, for `optimize/experiment`.
 
-The work is in flows/experiment.py (plain functions `master optimize` calls too); this file
-wires one task per scenario and publishes the comparison table as an artifact.
-"""
+The work is in flows/optimization/experiment.py (plain functions `master optimize` calls too);
+this file wires one task per scenario and publishes the comparison table as an artifact."""
 
 from __future__ import annotations
 
@@ -12,9 +11,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.config import SCENARIOS, MasterConfig, Scenario, load_config
-from flows.experiment import compare, format_compare, optimize_lines, optimize_scenario
-from modules.lm import check_keys
+from flows.core.config import SCENARIOS, MasterConfig, Scenario, load_config
+from flows.optimization.experiment import compare, format_compare, optimize_lines, optimize_scenario
+from modules.lm.factory import check_keys
+from modules.runtime import setup
 
 
 @task(name="optimize-scenario", cache_policy=NO_CACHE, task_run_name="optimize-{scenario}")
@@ -47,6 +47,7 @@ def optimize(
     run_compare: bool = True,
 ) -> dict[str, Any]:
     """Optimize the agents of one scenario (or all), then compare every saved version."""
+    setup()
     cfg = load_config(config_path, profile)
     updates: dict[str, Any] = {}
     if optimizer:

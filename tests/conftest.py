@@ -21,7 +21,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import modules  # noqa: E402,F401  (offline environment before dspy/litellm load)
+from modules.runtime import setup  # noqa: E402
+
+setup()  # what the CLI and the flows do first: environment defaults, DSPy patches
 from fake_llm import FakeLLMServer  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -30,21 +32,13 @@ SHARED_DATA = Path(os.environ.get("MASTER_SHARED_DATA", PROJECT.parent / "shared
 BUNDLED = PROJECT / "data" / "seeds"
 
 
-#: Tests that load both cores on their own (the embedded model's llama.cpp threads, a Prefect
-#: server and worker, a Dask cluster): `make test` runs the suite on two xdist workers and
-#: keeps these on one of them, one at a time, while the other worker takes the rest.
-HEAVY_MODULES = {
-    "test_embedded.py",
-    "test_deployment.py",
-    "test_dask.py",
-    "test_flow.py",
-    "test_real_server.py",
-}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/system/ (and anything marked `embedded`) loads both cores on its own (the
+    embedded model's llama.cpp threads, a Prefect server and worker, a Dask cluster, a real
+    llama.cpp server): `make test` runs the suite on two xdist workers and keeps these on one
+    of them, one at a time, while the other worker takes the rest."""
     for item in items:
-        if item.path.name in HEAVY_MODULES or item.get_closest_marker("embedded"):
+        if "system" in item.path.parts or item.get_closest_marker("embedded"):
             item.add_marker(pytest.mark.xdist_group("heavy"))
 
 

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from modules.embedded import gguf_path
+from modules.lm.embedded import gguf_path
 
 MODEL_ALIAS = "smollm2"
 

@@ -1,0 +1,2 @@
+"""The data model and shared utilities: the config, records, conversations (ShareGPT and chat
+messages), code fingerprints, atomic file writing."""

@@ -1,0 +1,2 @@
+"""Seeds in: sources (files, folders, Hugging Face), field mapping, dedupe, decontamination,
+sampling and loading."""

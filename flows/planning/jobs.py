@@ -1,0 +1,118 @@
+"""Jobs: each seed with everything its scenario needs (scenario, debate rounds, analogy
+partner), decided before any LM call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flows.core.config import MasterConfig, Scenario
+from flows.core.records import Reject, Seed
+from flows.ingest.seeds import LoadResult
+from flows.planning.assign import assign_scenario, debate_rounds
+from flows.planning.retrieval import (
+    Embedder,
+    RetrievalMemory,
+    cached_embedder,
+    minilm_embedder,
+    pick_similar,
+)
+from modules.lm.settings import Role
+
+ROLES_BY_SCENARIO: dict[str, tuple[Role, ...]] = {
+    "error_correction": ("weak", "strong"),
+    "debate": ("peer", "strong"),
+    "analogy": ("strong",),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    seed: Seed
+    scenario: Scenario
+    rounds: int = 1
+    similar: Seed | None = None
+
+    @property
+    def model_turns(self) -> int:
+        """The model turns its scenario plays (a retried turn aside): a debate speaks twice a
+        round and is then settled, the other scenarios speak three times."""
+        return 2 * self.rounds + 1 if self.scenario == "debate" else 3
+
+
+def assign_jobs(loaded: LoadResult, cfg: MasterConfig) -> tuple[list[Job], list[Seed]]:
+    """Every seed's scenario and rounds: the jobs that need nothing more, and the analogy
+    seeds, whose similar question is retrieved next (`partner_jobs`)."""
+    ready: list[Job] = []
+    analogy: list[Seed] = []
+    for seed in loaded.seeds:
+        scenario = assign_scenario(seed.id, cfg.scenarios.proportions)
+        if scenario == "analogy":
+            analogy.append(seed)
+            continue
+        rounds = debate_rounds(seed.id, cfg.scenarios.debate_rounds)
+        ready.append(Job(seed=seed, scenario=scenario, rounds=rounds))
+    return ready, analogy
+
+
+def partner_jobs(
+    analogy: list[Seed],
+    loaded: LoadResult,
+    cfg: MasterConfig,
+    embedder: Embedder | None = None,
+    remember: bool = True,
+) -> tuple[list[Job], list[Reject]]:
+    """The analogy jobs, each with the most similar question of the pool as its partner,
+    and a reject for each seed whose domain has no other question.
+
+    Partners are sticky: a choice made by an earlier run is kept while that partner is
+    still in the pool, so adding seeds to a source never re-runs earlier analogy dialogues."""
+    similar: dict[str, Any] = {}
+    remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled and analogy else None
+    try:
+        if remembered is not None:
+            similar = remembered.recall(analogy, loaded.pool)
+        fresh = [s for s in analogy if s.id not in similar]
+        if fresh:
+            embed = embedder or minilm_embedder()
+            if cfg.cache.enabled:
+                embed = cached_embedder(embed, cfg.cache.dir)
+            picked = pick_similar(fresh, loaded.pool, embed, cfg.scenarios.retrieval_top_k)
+            similar.update(picked)
+            if remembered is not None and remember:
+                remembered.remember(picked)
+    finally:
+        if remembered is not None:
+            remembered.close()
+    jobs, rejects = [], []
+    for seed in analogy:
+        match = similar.get(seed.id)
+        if match is None:
+            rejects.append(
+                Reject(
+                    stage="retrieve",
+                    reason=f"no similar {seed.domain} question in the retrieval pool",
+                    source=seed.source,
+                    location=seed.meta.get("location"),
+                    seed_id=seed.id,
+                )
+            )
+            continue
+        rounds = debate_rounds(seed.id, cfg.scenarios.debate_rounds)  # as every job has
+        jobs.append(Job(seed=seed, scenario="analogy", rounds=rounds, similar=match.seed))
+    return jobs, rejects
+
+
+def plan_jobs(
+    loaded: LoadResult,
+    cfg: MasterConfig,
+    embedder: Embedder | None = None,
+    remember: bool = True,
+) -> tuple[list[Job], list[Reject]]:
+    """Decide every seed's scenario, rounds and analogy partner before any LM call; the jobs
+    in seed order, and a reject for each analogy seed with no partner."""
+    ready, analogy = assign_jobs(loaded, cfg)
+    partnered, rejects = partner_jobs(analogy, loaded, cfg, embedder, remember)
+    position = {id(seed): index for index, seed in enumerate(loaded.seeds)}
+    jobs = sorted([*ready, *partnered], key=lambda job: position[id(job.seed)])
+    return jobs, rejects

@@ -1,0 +1,223 @@
+"""Writing run outputs (DESIGN.md section 4), each file atomically.
+
+Every file is written under a temporary name in the same folder and renamed into place, so a
+reader (or a rerun after a kill) never mistakes a partial file for a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.arrow_reader import ArrowReader
+
+from flows.core.config import PublishConfig
+from flows.core.files import atomic_path, write_json
+from flows.core.records import Dialogue, Reject, Seed
+
+BATCH = 1000  # rows per Arrow batch when writing the dataset
+
+REJECT_SCHEMA = {
+    "stage": pl.String,
+    "reason": pl.String,
+    "source": pl.String,
+    "location": pl.String,
+    "seed_id": pl.String,
+    "detail": pl.String,
+    "checks": pl.String,
+}
+
+
+def dataset_row(dialogue: Dialogue, seed: Seed | None) -> dict[str, Any]:
+    """A dialogue as a published row: its fields, its seed's question and reference, and the
+    provenance as a JSON string (its keys vary with the scenario and the roles it used)."""
+    row = dialogue.model_dump(mode="json", by_alias=True)
+    row["question"] = seed.question if seed else None
+    row["reference"] = seed.reference if seed else None
+    row["provenance"] = json.dumps(row["provenance"], sort_keys=True)
+    return row
+
+
+def _save_to_disk(dataset: datasets.Dataset, target: Path) -> None:
+    """save_to_disk into a fresh folder, then swap it in: a reader never sees half a folder."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    dataset.save_to_disk(str(staging / "data"))
+    old = None
+    if target.exists():
+        old = staging / "old"
+        os.replace(target, old)
+    os.replace(staging / "data", target)
+    shutil.rmtree(staging)
+
+
+def llama_factory_entry(name: str) -> dict[str, Any]:
+    """A LLaMA-Factory dataset_info.json entry for dataset.jsonl (ShareGPT layout)."""
+    return {
+        name: {
+            "file_name": "dataset.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations"},
+            "tags": {
+                "role_tag": "from",
+                "content_tag": "value",
+                "user_tag": "human",
+                "assistant_tag": "gpt",
+                "system_tag": "system",
+            },
+        }
+    }
+
+
+def _empty_dataset() -> datasets.Dataset:
+    """No row survived: still a loadable dataset with the columns a trainer reads."""
+    turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
+    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    features = datasets.Features(
+        {
+            **{k: datasets.Value("string") for k in ("seed_id", "source", "domain", "scenario")},
+            "conversations": datasets.List(turn),
+            "messages": datasets.List(message),
+            **{k: datasets.Value("string") for k in ("provenance", "question", "reference")},
+        }
+    )
+    return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+
+
+def dataset_schema(rows: Iterable[dict[str, Any]], batch: int = BATCH) -> pa.Schema | None:
+    """The Arrow schema of all rows, as `datasets` would infer it from the whole list (the
+    `quality` struct holds every check any row has), inferred a batch at a time."""
+    schemas: list[pa.Schema] = []
+    for chunk in _batches(rows, batch):
+        schema = pa.Table.from_pylist(chunk).schema
+        if not any(schema.equals(s) for s in schemas):
+            schemas.append(schema)
+    if not schemas:
+        return None
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    return datasets.Features.from_arrow_schema(unified).arrow_schema
+
+
+def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def write_dataset(
+    out: Path,
+    rows: Iterable[dict[str, Any]],
+    publish: PublishConfig,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """dataset.parquet (all columns), dataset.jsonl (ShareGPT), messages.jsonl (OpenAI), the
+    `datasets` folder hf/ and LLaMA-Factory's dataset_info.json.
+
+    `rows` is iterated twice (the schema first, then the files, a batch at a time), so a
+    100,000-row dataset is never in memory: pass a list or a re-iterable view such as
+    flows.publish.merge.PublishedRows. `on_row` sees each row as it is written."""
+    datasets.disable_progress_bars()
+    schema = dataset_schema(rows)
+    hf = publish.save_to_disk and schema is not None
+    with (
+        atomic_path(out / "dataset.parquet") as parquet,
+        atomic_path(out / "dataset.jsonl") as sharegpt,
+        atomic_path(out / "messages.jsonl") as messages,
+        sharegpt.open("w", encoding="utf-8") as sharegpt_fh,
+        messages.open("w", encoding="utf-8") as messages_fh,
+        tempfile.TemporaryDirectory(prefix=".hf-", dir=out) as staging,
+    ):
+        if schema is None:
+            _empty_dataset().to_parquet(str(parquet))
+        else:
+            # hf/ from an Arrow stream written beside the parquet file: memory-mapped, so
+            # save_to_disk never holds the dataset either
+            arrow = pa.ipc.new_stream(f"{staging}/data.arrow", schema) if hf else None
+            with pq.ParquetWriter(parquet, schema) as writer:
+                for chunk in _batches(rows, BATCH):
+                    table = pa.Table.from_pylist(chunk, schema=schema)
+                    writer.write_table(table)
+                    if arrow is not None:
+                        arrow.write_table(table)
+                    for r in chunk:
+                        sharegpt_fh.write(json.dumps(
+                            {"conversations": r["conversations"], "seed_id": r["seed_id"],
+                             "scenario": r["scenario"], "source": r["source"]},
+                            ensure_ascii=False) + "\n")  # fmt: skip
+                        messages_fh.write(json.dumps(
+                            {"messages": r["messages"], "seed_id": r["seed_id"]},
+                            ensure_ascii=False) + "\n")  # fmt: skip
+                        if on_row is not None:
+                            on_row(r)
+            if arrow is not None:
+                arrow.close()
+                with parquet.open("rb") as fh:  # same rows, same fingerprint, in any folder
+                    fingerprint = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+                table = ArrowReader.read_table(f"{staging}/data.arrow", in_memory=False)
+                _save_to_disk(datasets.Dataset(table, fingerprint=fingerprint), out / "hf")
+                del table
+    if not hf and (out / "hf").exists():
+        # `datasets` cannot load a 0-row folder back; no folder beats a stale or broken one
+        shutil.rmtree(out / "hf")
+    write_json(out / "dataset_info.json", llama_factory_entry(publish.name))
+
+
+class PublishError(Exception):
+    """The Hub upload failed; the local outputs are complete. One line for the user."""
+
+
+def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
+    """Upload dataset.parquet and the card to publish.push_to_hub, if configured."""
+    if not publish.push_to_hub:
+        return None
+    token = os.environ.get(publish.token_env)
+    if not token:
+        raise PublishError(
+            f"publish.push_to_hub: environment variable {publish.token_env} is not set "
+            "(it must hold a Hugging Face write token)"
+        )
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise PublishError(
+            f"publish.push_to_hub {publish.push_to_hub}: the Hub is offline "
+            "(HF_HUB_OFFLINE=1); set HF_HUB_OFFLINE=0 to upload; local outputs are complete"
+        )
+    try:
+        dataset = datasets.Dataset.from_parquet(str(out / "dataset.parquet"))
+        dataset.push_to_hub(publish.push_to_hub, token=token, private=publish.private)
+        from huggingface_hub import HfApi
+
+        HfApi(token=token).upload_file(
+            path_or_fileobj=str(out / "README.md"),
+            path_in_repo="README.md",
+            repo_id=publish.push_to_hub,
+            repo_type="dataset",
+        )
+    except Exception as exc:  # noqa: BLE001 - wrapped at the boundary, one line
+        text = " ".join(str(exc).replace(token, "***").split())[:300]
+        raise PublishError(f"publish.push_to_hub {publish.push_to_hub}: {text}") from None
+    return publish.push_to_hub
+
+
+def write_seeds(out: Path, seeds: list[Seed]) -> None:
+    rows = [{**s.model_dump(), "meta": json.dumps(s.meta, sort_keys=True)} for s in seeds]
+    schema = {k: pl.String for k in ("id", "source", "domain", "question", "reference", "meta")}
+    with atomic_path(out / "seeds.parquet") as tmp:
+        pl.DataFrame(rows, schema=schema).write_parquet(tmp)
+
+
+def write_rejects(out: Path, rejects: list[Reject]) -> None:
+    frame = pl.DataFrame([r.model_dump() for r in rejects], schema=REJECT_SCHEMA)
+    with atomic_path(out / "rejects.parquet") as tmp:
+        frame.write_parquet(tmp)

@@ -1,0 +1,262 @@
+"""The pipeline driver: the one place that says in which order the stages run.
+
+`master run` calls `run_pipeline` (the driver with plain stage functions); the augment flow
+(flows/augment.py) calls the same driver with the same functions as Prefect tasks. Nothing
+here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flows.core.config import SCENARIOS, MasterConfig
+from flows.core.files import output_lock, write_json, write_text
+from flows.core.records import Reject
+from flows.ingest.seeds import LoadResult, load_seeds
+from flows.planning.jobs import Job, plan_jobs
+from flows.planning.retrieval import (
+    Embedder,
+)
+from flows.publish.card import render_card
+from flows.publish.collect import Collected, in_order
+from flows.publish.merge import PublishedRows, merge_refs
+from flows.publish.plots import PLOTS, plots_markdown, write_plots
+from flows.publish.report import render_report
+from flows.publish.spill import clear_spills, spill_folder
+from flows.publish.writers import push_to_hub, write_dataset, write_rejects
+from flows.quality.lengths import row_shape
+from flows.runs.run_cache import RunStore, run_key
+from flows.runs.shards import roles_in_use, simulate_jobs
+from flows.simulation.saved_programs import configured_programs
+from modules.lm.factory import check_keys
+from modules.scenarios.judge import Judge
+from modules.scenarios.registry import program_version
+
+log = logging.getLogger("master")
+
+
+@dataclass
+class RunResult:
+    out: Path
+    summary: dict[str, Any]
+
+
+def with_overrides(
+    cfg: MasterConfig, proportions: dict[str, float] | None = None, max_calls: int | None = None
+) -> MasterConfig:
+    """The config with a run's own scenario mix or call budget (flow parameters, CLI flags)."""
+    if proportions:
+        scen = cfg.scenarios.model_copy(update={"proportions": proportions})
+        cfg = cfg.model_copy(update={"scenarios": type(scen).model_validate(scen.model_dump())})
+    if max_calls:
+        budget = cfg.run.budget.model_copy(update={"max_calls": max_calls})
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"budget": budget})})
+    return cfg
+
+
+def publish(
+    cfg: MasterConfig,
+    out: Path,
+    loaded: LoadResult,
+    plan_rejects: list[Reject],
+    collected: Collected,
+    started: float,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Filter, merge and write every output file; return the summary (also summary.json).
+
+    The rows are read back from the spill in published order, a batch at a time. With a run
+    key (flows/runs/run_cache.py) a settled run's outputs are stored for replay."""
+    storing = key is not None and collected.settled
+    failed = [*plan_rejects, *in_order(collected.failed)]
+    stopped = in_order(collected.stopped)
+    dropped = in_order(collected.dropped)
+    tripped = next((r.reason for r in stopped if r.stage == "breaker"), None)
+    refs, duplicates = merge_refs(collected.refs, loaded.seeds, cfg.merge)
+    accepted = sum(collected.accepted.values())
+    pass_rates = collected.checks.rates()
+    summary: dict[str, Any] = {
+        "seeds": loaded.counts(),
+        "dialogues": {s: collected.accepted[s] for s in SCENARIOS},
+        "quality": {
+            "accepted": accepted,
+            "rejected": len(dropped),
+            "by_check": dict(
+                sorted(Counter(c for r in dropped for c in (r.checks or "").split(",")).items())
+            ),
+            "failed": len(failed),
+            # why, most common first: what the next run retries (failed calls are not cached)
+            "failures": dict(Counter(r.reason[:160] for r in failed).most_common(10)),
+            "flagged": collected.flagged,
+            "unjudged": collected.unjudged,
+            "pass_rates": pass_rates,
+            "turn_flags": dict(sorted(collected.turn_flags.items())),
+        },
+        "lm": collected.calls.block(cfg.lms),
+        "rows": {"published": len(refs), "duplicates_dropped": duplicates},
+        "budget": {
+            **cfg.run.budget.model_dump(),
+            "stopped": any(r.stage == "budget" for r in stopped),
+            "unfinished": sum(1 for r in stopped if r.stage == "budget"),
+        },
+        "breaker": {
+            "tripped": tripped is not None,
+            "not_started": sum(1 for r in stopped if r.stage == "breaker"),
+            "reason": tripped,
+        },
+        "elapsed_s": 0.0,
+        "config_hash": cfg.fingerprint(),
+        "run_cache": "stored" if storing else "off" if key is None else "unsettled",
+    }
+    shapes: list[dict[str, Any]] = []  # what the plots and the card count, per row
+    samples: list[dict[str, Any]] = []  # the first row of each scenario, for the report
+
+    def seen(row: dict[str, Any]) -> None:
+        shapes.append(row_shape(row))
+        if all(s["scenario"] != row["scenario"] for s in samples):
+            samples.append(row)
+
+    write_dataset(out, PublishedRows(refs), cfg.publish, on_row=seen)
+    write_rejects(out, [*loaded.rejects, *failed, *dropped, *stopped])
+    plots = write_plots(out, shapes, pass_rates)
+    summary["elapsed_s"] = round(time.monotonic() - started, 3)
+    embedded = any(cfg.lms.for_role(r).is_embedded for r in collected.roles())  # type: ignore[arg-type]
+    images = plots_markdown(plots)
+    write_text(out / "report.md", render_report(summary, samples, embedded, str(out), images))
+    card = render_card(cfg, summary, shapes, collected.versions, images)
+    write_text(out / "README.md", card)
+    write_json(out / "summary.json", summary)
+    if storing:
+        _remember(cfg, out, key, summary, collected)  # type: ignore[arg-type]
+    push_to_hub(out, cfg.publish)
+    return summary
+
+
+def _remember(
+    cfg: MasterConfig, out: Path, key: str, summary: dict[str, Any], collected: Collected
+) -> None:
+    # what a replay reports: every call this run made or reused, now a cache hit
+    body = {"summary": summary, "lm_replayed": collected.calls.block(cfg.lms, all_cached=True)}
+    try:
+        RunStore(cfg.cache.dir, cfg.cache.keep_runs).remember(key, out, body)
+    except OSError as exc:  # the outputs are written; only the next run's shortcut is lost
+        log.warning("could not store this run for replay: %s", exc)
+
+
+def program_versions(cfg: MasterConfig) -> dict[str, str]:
+    """The version of every program a run may use (scenarios and judge), without any LM."""
+    programs = configured_programs({}, cfg.scenarios.programs, cfg.optimize.programs_dir)
+    versions = {name: program_version(p) for name, p in programs.items()}
+    return {**versions, "judge": program_version(Judge())}
+
+
+def replay(cfg: MasterConfig, out: Path, key: str | None, started: float) -> dict[str, Any] | None:
+    """Restore the outputs of an earlier run with exactly these inputs; None if there is none.
+
+    The dataset files, rejects, card and plots are the stored ones; summary.json and
+    report.md describe this run: no LM call made, every call a cache hit."""
+    if key is None:
+        return None
+    stored = RunStore(cfg.cache.dir, cfg.cache.keep_runs).restore(key, out)
+    if stored is None:
+        return None
+    summary = {**stored["summary"], "lm": stored["lm_replayed"], "run_cache": "hit"}
+    sample = (
+        pl.scan_parquet(out / "dataset.parquet")
+        .select("scenario", "seed_id", "source", "turns")
+        .group_by("scenario", maintain_order=True)
+        .first()
+        .collect()
+        .to_dicts()
+    )
+    embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
+    images = plots_markdown([out / name for name in PLOTS if (out / name).exists()])
+    summary["elapsed_s"] = round(time.monotonic() - started, 3)
+    write_text(out / "report.md", render_report(summary, sample, embedded, str(out), images))
+    write_json(out / "summary.json", summary)
+    push_to_hub(out, cfg.publish)
+    log.info("inputs unchanged since a stored run: its outputs restored, no LM call made")
+    return summary
+
+
+def replay_run(
+    cfg: MasterConfig,
+    out: Path,
+    seed_paths: list[str] | None,
+    embedder: Embedder | None,
+    started: float,
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The run's key, and the summary of a stored run with exactly these inputs, restored."""
+    key = run_key(cfg, program_versions(cfg), seed_paths, embedder)
+    return key, replay(cfg, out, key, started)
+
+
+def load_stage(cfg: MasterConfig, seed_paths: list[str] | None) -> LoadResult:
+    loaded = load_seeds(cfg.seeds, seed_paths)
+    log.info(
+        "kept %d seeds of %d rows (%d rejected, %d duplicates, %d contaminated)",
+        len(loaded.seeds),
+        loaded.loaded,
+        loaded.rejected,
+        loaded.exact_duplicates + loaded.near_duplicates,
+        loaded.contaminated,
+    )
+    return loaded
+
+
+@dataclass(frozen=True)
+class Stages:
+    """How the driver runs each stage. `master run` calls the functions; the augment flow
+    passes the same functions wrapped as Prefect tasks, and a `simulate` that runs the jobs
+    in shards on its task runner (flows/augment.py). The order and the data between the
+    stages are the driver's alone."""
+
+    replay: Callable[..., tuple[str | None, dict[str, Any] | None]] = replay_run
+    load: Callable[..., LoadResult] = load_stage
+    plan: Callable[..., tuple[list[Job], list[Reject]]] = plan_jobs
+    simulate: Callable[[list[Job], MasterConfig, Path], Collected] = simulate_jobs
+    publish: Callable[..., dict[str, Any]] = publish
+
+
+def drive(
+    cfg: MasterConfig,
+    out: Path,
+    seed_paths: list[str] | None = None,
+    embedder: Embedder | None = None,
+    stages: Stages | None = None,
+) -> RunResult:
+    """The main job: replay an unchanged run, or load -> plan -> simulate -> publish. Holds
+    the output folder for the whole run (a second run on it refuses at once)."""
+    stages = stages or Stages()
+    started = time.monotonic()
+    check_keys(cfg.lms, roles_in_use(cfg))
+    with output_lock(out):
+        key, replayed = stages.replay(cfg, out, seed_paths, embedder, started)
+        if replayed is not None:
+            return RunResult(out=out, summary=replayed)
+        loaded = stages.load(cfg, seed_paths)
+        jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
+        try:
+            collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
+            summary = stages.publish(cfg, out, loaded, plan_rejects, collected, started, key)
+        finally:
+            clear_spills(out)
+    return RunResult(out=out, summary=summary)
+
+
+def run_pipeline(
+    cfg: MasterConfig,
+    out: Path | None = None,
+    seed_paths: list[str] | None = None,
+    embedder: Embedder | None = None,
+) -> RunResult:
+    """The whole job in this process: what `master run` does."""
+    return drive(cfg, Path(out or cfg.run.out), seed_paths, embedder)

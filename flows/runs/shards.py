@@ -1,0 +1,182 @@
+"""Shards: a list of jobs simulated, verified and collected by one event loop, with its own
+programs, judge and cache handles. `master run` runs all its jobs as one shard; the augment
+flow runs shards as Prefect tasks (threads, or Dask workers for scale-out)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flows.core.config import MasterConfig
+from flows.core.records import Reject
+from flows.planning.jobs import ROLES_BY_SCENARIO, Job
+from flows.publish.collect import Collected
+from flows.quality.verification import averify_outcome, verdict_book, verify_outcomes
+from flows.simulation.dialogue_cache import DialogueStore
+from flows.simulation.saved_programs import configured_programs
+from flows.simulation.simulate import Outcome, stream
+from modules.lm.budget import BUDGET_SPENT, CallBudget
+from modules.lm.call_cache import CallStore
+from modules.lm.factory import build_role_lms
+from modules.lm.settings import Role
+from modules.scenarios.judge import Judge
+from modules.scenarios.registry import build_judge, role_adapters
+
+log = logging.getLogger("master")
+
+
+def judging(cfg: MasterConfig) -> bool:
+    return cfg.quality.enabled and cfg.quality.judge
+
+
+def roles_in_use(cfg: MasterConfig) -> tuple[Role, ...]:
+    """The roles the scenarios with a non-zero share need, and the judge when it runs."""
+    used = {
+        role
+        for scenario, weight in cfg.scenarios.proportions.items()
+        if weight > 0
+        for role in ROLES_BY_SCENARIO[scenario]
+    }
+    if judging(cfg):
+        used.add("judge")
+    return tuple(sorted(used))  # type: ignore[arg-type]
+
+
+def new_budget(cfg: MasterConfig, share: float = 1.0) -> CallBudget | None:
+    """The run's budget (or a share of it, for shards that cannot share one counter)."""
+    b = cfg.run.budget
+    if not b.capped:
+        return None
+
+    def part(limit: float | None) -> Any:
+        return None if limit is None else type(limit)(max(1, limit * share))
+
+    return CallBudget(part(b.max_calls), part(b.max_tokens), part(b.max_cost_usd))
+
+
+def open_programs(
+    cfg: MasterConfig, scenarios: set[str], budget: CallBudget | None = None
+) -> tuple[dict, CallStore | None]:
+    """The scenario programs on the LMs of the roles these scenarios need, and the call
+    cache."""
+    store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
+    needed = tuple(sorted({r for scenario in scenarios for r in ROLES_BY_SCENARIO[scenario]}))
+    lms = build_role_lms(cfg.lms, store, needed, budget)  # type: ignore[arg-type]
+    programs = configured_programs(
+        lms, cfg.scenarios.programs, cfg.optimize.programs_dir, role_adapters(cfg.lms)
+    )
+    return programs, store
+
+
+def open_judge(
+    cfg: MasterConfig, store: CallStore | None, budget: CallBudget | None = None
+) -> Judge | None:
+    if not judging(cfg):
+        return None
+    return build_judge(cfg.lms, build_role_lms(cfg.lms, store, ("judge",), budget)["judge"])
+
+
+def _unfinished(outcome: Outcome) -> None:
+    """A dialogue the budget stopped is unfinished work, not a failure: the next run ends it."""
+    if outcome.reject is not None and BUDGET_SPENT in outcome.reject.reason:
+        outcome.reject.stage = "budget"
+    if outcome.dialogue is not None and outcome.dialogue.quality.get("unfinished"):
+        seed = outcome.job.seed
+        outcome.reject = Reject(
+            stage="budget",
+            reason="generated but not judged: " + outcome.dialogue.quality["unfinished"],
+            source=seed.source,
+            location=seed.meta.get("location"),
+            seed_id=seed.id,
+        )
+        outcome.dialogue = None
+
+
+def _progress(total: int) -> Any:
+    state = {"done": 0, "total": total, "start": time.monotonic()}
+
+    def on_done(outcome: Outcome) -> None:
+        state["done"] += 1
+        done, total = state["done"], state["total"]
+        elapsed = time.monotonic() - state["start"]
+        eta = elapsed / done * max(total - done, 0)
+        status = "ok" if outcome.dialogue else f"failed ({outcome.reject.reason})"  # type: ignore[union-attr]
+        log.info("dialogue %d/%d %s %s, eta %.0fs", done, total, outcome.job.scenario, status, eta)
+
+    return on_done
+
+
+def _shard(
+    jobs: list[Job],
+    cfg: MasterConfig,
+    budget: CallBudget | None,
+    emit: Callable[[int, Outcome], None],
+) -> None:
+    """Simulate and verify one shard of jobs, with its own programs and cache handle;
+    emit(job index, outcome) as each outcome is final."""
+    scenarios = {job.scenario for job in jobs}
+    programs, store = open_programs(cfg, scenarios, budget)
+    dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
+    judge = open_judge(cfg, store, budget)
+    verdicts = verdict_book(cfg, dialogues, judge)
+    progress = _progress(len(jobs))
+
+    async def verify(outcome: Outcome) -> None:
+        await averify_outcome(outcome, cfg, judge, verdicts)
+
+    def verify_hits(outcomes: list[Outcome]) -> None:  # dialogues the dialogue cache answered
+        verify_outcomes(outcomes, cfg, judge, verdicts)
+
+    def final(index: int, outcome: Outcome) -> None:
+        _unfinished(outcome)
+        progress(outcome)
+        emit(index, outcome)
+
+    checking = cfg.quality.enabled
+    try:
+        stream(
+            jobs,
+            programs,
+            cfg,
+            final,
+            dialogues=dialogues,
+            after=verify if checking else None,
+            after_hits=verify_hits if checking else None,
+        )
+    finally:
+        if store is not None:
+            store.close()
+        if dialogues is not None:
+            dialogues.close()
+
+
+def run_shard(
+    jobs: list[Job], cfg: MasterConfig, budget: CallBudget | None = None
+) -> list[Outcome]:
+    """A shard's outcomes, in job order (what a Prefect task hands back to its flow)."""
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    _shard(jobs, cfg, budget, outcomes.__setitem__)
+    return outcomes  # type: ignore[return-value]
+
+
+def collect_shard(
+    jobs: list[Job],
+    cfg: MasterConfig,
+    budget: CallBudget | None,
+    collected: Collected,
+) -> Collected:
+    """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
+    stays in memory but its traces (flows/publish/collect.py)."""
+    try:
+        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome))
+    finally:
+        collected.close()
+    return collected
+
+
+def simulate_jobs(jobs: list[Job], cfg: MasterConfig, spill: Path) -> Collected:
+    """Every job as one shard in this process, under the run's budget (`master run`)."""
+    return collect_shard(jobs, cfg, new_budget(cfg), Collected(spill / "rows.jsonl"))

@@ -1,0 +1,307 @@
+"""A small DSPy engine for OpenAI-compatible chat endpoints (vLLM, llama.cpp server, OpenAI).
+
+Why not LiteLLM: its per-call CPU caps a 2-core machine at a few dozen calls per second
+whatever the endpoint's speed (benchmarks/RESULTS.md). This engine is one HTTP POST per
+attempt: DSPy's own lm15 dialect turns the ``Request`` into the chat body (the same body
+LiteLLM was given) and parses the reply, so the rendered prompt, the cache key (computed from
+the ``Request`` before any engine) and the ``Response`` are unchanged.
+
+What it adds over a bare POST:
+
+- ``max_tokens`` on the wire: lm15's dialect writes ``max_completion_tokens``, which
+  llama.cpp's server ignores (vLLM and OpenAI accept ``max_tokens``).
+- The key is read from the environment variable named in the settings at each call, put in
+  the Authorization header and nowhere else: never stored, logged or put in an error.
+- A per-call timeout, and retries with exponential backoff and jitter on 429, 408, 500,
+  502, 503, 504, connection errors and timeouts; a Retry-After header (seconds) is honoured.
+  The ``dspy.LM`` around this engine is built with ``num_retries=0``, so this is the only
+  retry loop. Exhausted retries raise DSPy's canonical ``lm15`` errors.
+
+``OpenAICompatEngine`` (sync, httpx) serves plain calls (``master lm check``, optimizers);
+``AsyncOpenAICompatEngine`` (aiohttp, one session per event loop) serves the simulation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from dspy.lm15 import (
+    BillingError,
+    Request,
+    Response,
+    ServerError,
+    TransportError,
+    response_from_openai_chat,
+    response_to_events,
+)
+from dspy.lm15 import TimeoutError as LMTimeoutError
+
+from modules.lm.dspy_internals import ChatDialect, http_engine_usable, http_error
+
+#: LiteLLM prefixes whose models this engine serves: their endpoints speak OpenAI's chat API.
+OPENAI_COMPATIBLE_PREFIXES = ("openai", "hosted_vllm")
+OPENAI_BASE = "https://api.openai.com/v1"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+PROVIDER = "openai-compatible"
+
+
+def serves(model: str) -> bool:
+    """True for ``openai/...`` and ``hosted_vllm/...`` model ids (on a tested DSPy)."""
+    head, sep, rest = model.partition("/")
+    return bool(sep and rest) and head in OPENAI_COMPATIBLE_PREFIXES and http_engine_usable()
+
+
+def wire_model(model: str) -> str:
+    """The model id the server knows: the LiteLLM provider prefix removed."""
+    head, sep, rest = model.partition("/")
+    return rest if sep and head in OPENAI_COMPATIBLE_PREFIXES else model
+
+
+def _schema_in_json_object(data: dict[str, Any]) -> None:
+    """OpenAI's {type: json_schema, json_schema: {schema}} as {type: json_object, schema}: the
+    spelling llama-cpp-python's server constrains decoding with (it refuses json_schema)."""
+    fmt = data.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        data["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+
+
+class _Policy:
+    """Endpoint, key variable, timeout and retry policy shared by the sync and async engines."""
+
+    def __init__(
+        self,
+        api_base: str | None,
+        api_key_env: str | None,
+        timeout_s: float,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        structured_output: str | None = None,
+    ) -> None:
+        self.url = (api_base or OPENAI_BASE).rstrip("/") + "/chat/completions"
+        self.structured_output = structured_output
+        self.api_key_env = api_key_env
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        # DSPy's request_kwargs builds this conversion-only dialect anew for every call
+        # (credential binding, compat resolution); it holds
+        # no per-call state, so one serves every call and thread
+        self._dialect = ChatDialect()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, key_env={self.api_key_env!r})"
+
+    def body(self, request: Request) -> bytes:
+        """The chat body DSPy's request_kwargs(request, "chat") gives, model and max_tokens
+        as the server takes them (tests/unit/lm/test_http_engine.py holds them equal)."""
+        if "n" in (request.config.extensions or {}):
+            raise ValueError("A typed Request produces one Response; do not put n in extensions.")
+        data = self._dialect.chat_body(request)
+        if "max_completion_tokens" in data:
+            data["max_tokens"] = data.pop("max_completion_tokens")
+        data["model"] = wire_model(request.model)
+        if self.structured_output == "json_object":
+            _schema_in_json_object(data)
+        try:  # faster than json.dumps, the same JSON value, as DSPy's Request refuses
+            return orjson.dumps(data)  # NaN and non-JSON values (tests/unit/lm/test_http_engine.py)
+        except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate) fails as before
+            return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def delay(self, attempt: int, error: Exception) -> float:
+        """Retry-After when the server gave one, else exponential backoff with jitter (a random
+        point in the upper half of the step, so many clients that failed together spread out)."""
+        hint = getattr(error, "retry_after", None)
+        if hint is not None:
+            return min(float(hint), 600.0)
+        ceiling = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def response(self, request: Request, status: int, raw: bytes, retry_after: Any) -> Response:
+        """The Response of a 200, or the canonical error of anything else."""
+        if status == 200:
+            try:
+                body = _loads(raw)
+            except ValueError:
+                raise ServerError(
+                    "the endpoint answered 200 with a body that is not JSON",
+                    provider=PROVIDER,
+                    status=status,
+                ) from None
+            return response_from_openai_chat(body, model=request.model)
+        raise _http_error(status, raw, retry_after)
+
+
+def _loads(raw: bytes) -> Any:
+    """json.loads, by orjson where it can (a third of the time); what orjson refuses and the
+    standard library reads (NaN, a lone surrogate escape) still parses as before."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def _http_error(status: int, raw: bytes, retry_after: Any) -> Exception:
+    message, code = f"HTTP {status}", None
+    try:
+        detail = json.loads(raw).get("error")
+        if isinstance(detail, dict):
+            message = f"HTTP {status}: {str(detail.get('message') or '')[:300]}"
+            code = detail.get("code") or detail.get("type")
+        elif isinstance(detail, str):
+            message = f"HTTP {status}: {detail[:300]}"
+    except (ValueError, AttributeError):
+        pass
+    if code == "insufficient_quota":  # OpenAI's quota failure travels as a 429: never retry it
+        return BillingError(message, provider=PROVIDER, provider_code=code, status=status)
+    return http_error(
+        status, message, PROVIDER, str(code) if code is not None else None, retry_after
+    )
+
+
+def _retryable(error: Exception) -> bool:
+    if isinstance(error, (TransportError, LMTimeoutError)):
+        return True
+    if isinstance(error, BillingError):
+        return False
+    return getattr(error, "status", None) in RETRY_STATUSES
+
+
+class OpenAICompatEngine(_Policy):
+    """Synchronous engine: one httpx client, thread-safe, retries with time.sleep."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import httpx
+
+                self._client = httpx.Client(timeout=self.timeout_s)
+            return self._client
+
+    def _once(self, request: Request, body: bytes) -> Response:
+        import httpx
+
+        try:
+            resp = self._http().post(self.url, content=body, headers=self.headers())
+        except httpx.TimeoutException as exc:
+            raise LMTimeoutError(
+                f"no answer within {self.timeout_s:g} s", provider=PROVIDER
+            ) from exc
+        except httpx.TransportError as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}", provider=PROVIDER) from exc
+        return self.response(
+            request, resp.status_code, resp.content, resp.headers.get("retry-after")
+        )
+
+    def complete(self, request: Request) -> Response:
+        body = self.body(request)
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._once(request, body)
+            except Exception as exc:
+                if attempt >= self.max_retries or not _retryable(exc):
+                    raise
+                time.sleep(self.delay(attempt, exc))
+        raise AssertionError("unreachable")
+
+    def stream(self, request: Request) -> Iterator[Any]:
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+class AsyncOpenAICompatEngine(_Policy):
+    """Async engine: one aiohttp session per event loop, retries with asyncio.sleep."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions: dict[asyncio.AbstractEventLoop, Any] = {}
+        _async_engines.add(self)
+
+    def _session(self) -> Any:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            for old in [k for k in self._sessions if k.is_closed()]:
+                del self._sessions[old]  # a finished loop's session cannot be used or closed
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            )
+            self._sessions[loop] = session
+        return session
+
+    async def _once(self, request: Request, body: bytes) -> Response:
+        import aiohttp
+
+        try:
+            async with self._session().post(self.url, data=body, headers=self.headers()) as resp:
+                status, raw, hint = resp.status, await resp.read(), resp.headers.get("Retry-After")
+        except TimeoutError as exc:
+            raise LMTimeoutError(
+                f"no answer within {self.timeout_s:g} s", provider=PROVIDER
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}", provider=PROVIDER) from exc
+        return self.response(request, status, raw, hint)
+
+    async def complete(self, request: Request) -> Response:
+        body = self.body(request)
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await self._once(request, body)
+            except Exception as exc:
+                if attempt >= self.max_retries or not _retryable(exc):
+                    raise
+                await asyncio.sleep(self.delay(attempt, exc))
+        raise AssertionError("unreachable")
+
+    async def stream(self, request: Request) -> Any:
+        for event in response_to_events(await self.complete(request)):
+            yield event
+
+    async def aclose(self) -> None:
+        """Close this loop's session (call it on the loop that made the calls)."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+
+_async_engines: weakref.WeakSet[AsyncOpenAICompatEngine] = weakref.WeakSet()
+
+
+async def close_loop_sessions() -> None:
+    """Close every session opened on the running loop: call it before the loop ends."""
+    for engine in list(_async_engines):
+        await engine.aclose()

@@ -1,0 +1,154 @@
+"""The main job end to end against the fake server: outputs, accounting, reruns, secrets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+import polars as pl
+
+from conftest import role_lms, run_cli
+from fake_llm import FakeLLMServer
+from flows.core.config import load_config
+from flows.core.formats import alternates
+from flows.runs.pipeline import run_pipeline
+
+SUMMARY_KEYS = {"seeds", "dialogues", "quality", "lm", "elapsed_s"}
+OUTPUTS = [
+    "dataset.parquet",
+    "dataset.jsonl",
+    "messages.jsonl",
+    "rejects.parquet",
+    "report.md",
+    "summary.json",
+]
+
+
+def _run(config: Path, embedder, out: Path):
+    return run_pipeline(load_config(config), out, embedder=embedder)
+
+
+def test_run_writes_every_output_with_the_documented_summary(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    config = write_config(role_lms(fake_llm.base_url), sample=6)
+    result = _run(config, embedder, tmp_path / "out")
+    out = result.out
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert set(summary["seeds"]) >= {
+        "loaded",
+        "rejected",
+        "exact_duplicates",
+        "near_duplicates",
+        "contaminated",
+        "kept",
+    }
+    assert set(summary["dialogues"]) == {"error_correction", "debate", "analogy"}
+    assert all(n > 0 for n in summary["dialogues"].values())
+    assert summary["lm"]["calls"] == fake_llm.request_count > 0
+    assert sum(v["calls"] for v in summary["lm"]["by_role"].values()) == summary["lm"]["calls"]
+    assert summary["seeds"]["kept"] == 6 == sum(summary["dialogues"].values())
+
+    parquet = datasets.load_dataset("parquet", data_files=str(out / "dataset.parquet"))["train"]
+    sharegpt = datasets.load_dataset("json", data_files=str(out / "dataset.jsonl"))["train"]
+    assert len(parquet) == len(sharegpt) == 6
+    for line in (out / "messages.jsonl").read_text().splitlines():
+        assert alternates(json.loads(line)["messages"])
+    for conv in sharegpt["conversations"]:
+        assert conv[0]["from"] == "human" and conv[-1]["from"] == "gpt"
+    report = (out / "report.md").read_text()
+    for scenario in ("error_correction", "debate", "analogy"):
+        assert f"### {scenario}" in report
+    assert pl.read_parquet(out / "rejects.parquet").columns[:2] == ["stage", "reason"]
+
+
+def test_rerun_with_nothing_changed_makes_no_calls_and_writes_the_same_dataset(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    config = write_config(role_lms(fake_llm.base_url), sample=6)
+    first = _run(config, embedder, tmp_path / "a")
+    calls = fake_llm.request_count
+    second = _run(config, embedder, tmp_path / "b")
+    assert fake_llm.request_count == calls
+    assert second.summary["lm"]["calls"] == 0
+    assert second.summary["lm"]["cache_hits"] == first.summary["lm"]["calls"]
+    assert second.summary["lm"]["tokens_saved"] > 0
+    for name in ("dataset.jsonl", "messages.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_failing_endpoint_rejects_dialogues_and_the_run_goes_on(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    lms = role_lms(fake_llm.base_url)
+    lms["peer"]["api_base"] = "http://127.0.0.1:9/v1"  # closed port: every debate fails
+    config = write_config(lms, sample=6)
+    result = _run(config, embedder, tmp_path / "out")
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    failed = rejects.filter(pl.col("stage") == "simulate")
+    assert result.summary["dialogues"]["debate"] == 0 and failed.height == 2
+    assert result.summary["dialogues"]["error_correction"] == 2
+    assert result.summary["quality"]["failed"] == failed.height
+    assert result.summary["quality"]["rejected"] == 0  # the filter dropped nothing here
+    assert all(r for r in failed["reason"].to_list())
+
+
+_cli = run_cli
+
+
+def test_lm_check_ok_against_the_fake_server(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path]
+) -> None:
+    proc = _cli("lm", "check", "--config", str(write_config(role_lms(fake_llm.base_url))))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["weak", "peer", "strong", "judge"]
+    assert all(line.endswith("ok") and fake_llm.base_url in line for line in lines)
+    assert fake_llm.request_count == 4
+
+
+def test_lm_check_names_each_failing_role_and_endpoint(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path]
+) -> None:
+    lms = role_lms(fake_llm.base_url)
+    closed = "http://127.0.0.1:9/v1"
+    for role in ("strong", "judge"):
+        lms[role]["api_base"] = closed
+    proc = _cli("lm", "check", "--config", str(write_config(lms)))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    failed = [line for line in proc.stdout.splitlines() if "FAILED" in line]
+    assert [line.split()[0] for line in failed] == ["strong", "judge"]
+    assert all(closed in line for line in failed)
+
+
+def test_canary_key_never_reaches_any_file_or_log(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    canary = "sk-canary-7f3a9c1e5b2d4f60"
+    config = write_config(role_lms(fake_llm.base_url, key_env="MASTER_CANARY_KEY"), sample=6)
+    out = tmp_path / "out"
+    proc = _cli(
+        "run", "--config", str(config), "--out", str(out), "-v", env={"MASTER_CANARY_KEY": canary}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert fake_llm.request_count > 0
+    assert canary not in proc.stdout and canary not in proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.parent.name == "cache" for p in written)
+    for path in written:
+        assert canary.encode() not in path.read_bytes(), path
+
+
+def test_an_unset_key_variable_is_one_clear_line(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = write_config(role_lms(fake_llm.base_url, key_env="MASTER_UNSET_KEY_VAR"))
+    proc = _cli("run", "--config", str(config), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "environment variable MASTER_UNSET_KEY_VAR is not set" in proc.stderr

@@ -1,0 +1,117 @@
+"""The simulation loop's scheduling, without any LM: stub programs record what starts when."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from flows.core.config import load_config
+from flows.core.records import Seed
+from flows.planning.jobs import Job
+from flows.simulation.simulate import Outcome, stream
+
+
+class Stub(dspy.Module):
+    """A scenario program that takes a moment per model turn and records when it started."""
+
+    def __init__(self, started: list[str]) -> None:
+        super().__init__()
+        self.started = started
+
+    async def aforward(self, question: str, reference: str, **knobs: Any) -> dspy.Prediction:
+        self.started.append(question)
+        await asyncio.sleep(0.01)
+        return dspy.Prediction(turns=[])
+
+
+def simulate(jobs: list[Job], programs: dict[str, Any], cfg: Any) -> list[Outcome]:
+    """stream() collected in job order."""
+    outcomes: list[Any] = [None] * len(jobs)
+    stream(jobs, programs, cfg, outcomes.__setitem__)  # type: ignore[arg-type]
+    return outcomes
+
+
+def _jobs() -> list[Job]:
+    jobs = []
+    for i in range(6):
+        seed = Seed.create("s", "math", f"q{i}", "r")
+        scenario = "debate" if i % 3 == 2 else "error_correction"
+        jobs.append(Job(seed=seed, scenario=scenario, rounds=2 if i == 5 else 1))
+    return jobs
+
+
+def test_the_longest_dialogues_start_first_and_outcomes_keep_job_order(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "1"})
+    started: list[str] = []
+    stub = Stub(started)
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+    jobs = _jobs()
+    outcomes = simulate(jobs, programs, cfg)  # type: ignore[arg-type]
+    # five model turns (the 2-round debate), then three (job order among equals)
+    assert started == ["q5", "q0", "q1", "q2", "q3", "q4"]
+    assert [o.job.seed.question for o in outcomes] == [f"q{i}" for i in range(6)]
+
+
+class SliceProbe(Stub):
+    """A Stub that notes the GIL slice its dialogues run under."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.intervals: list[float] = []
+
+    async def aforward(self, question: str, reference: str, **knobs: Any) -> dspy.Prediction:
+        self.intervals.append(sys.getswitchinterval())
+        return await super().aforward(question, reference, **knobs)
+
+
+def test_dialogues_run_under_the_loop_settings_and_a_run_restores_them() -> None:
+    from flows.simulation.simulate import SWITCH_INTERVAL_S
+
+    cfg = load_config(None, environ={})
+    probe = SliceProbe()
+    before, interval, frozen = gc.get_threshold(), sys.getswitchinterval(), gc.get_freeze_count()
+    assert interval > SWITCH_INTERVAL_S  # Python's default, 5 ms
+    simulate(_jobs(), {"error_correction": probe, "debate": probe, "analogy": probe}, cfg)  # type: ignore[arg-type]
+    assert probe.intervals == [SWITCH_INTERVAL_S] * 6
+    assert gc.get_threshold() == before
+    assert sys.getswitchinterval() == interval
+    assert gc.get_freeze_count() == frozen
+
+
+def test_overlapping_runs_in_threads_restore_the_settings_once_the_last_ends() -> None:
+    """Prefect runs shards in threads: the first run in must not restore under the second."""
+    from flows.simulation.simulate import SWITCH_INTERVAL_S, loop_settings
+
+    before, interval = gc.get_threshold(), sys.getswitchinterval()
+    first, second = threading.Event(), threading.Event()
+
+    def a() -> None:
+        with loop_settings():
+            first.set()
+            second.wait(5)
+
+    thread = threading.Thread(target=a)
+    thread.start()
+    first.wait(5)
+    with loop_settings():
+        raised = gc.get_threshold()
+        second.set()
+        thread.join()
+        assert gc.get_threshold() == raised != before  # still set: a run is on
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    assert sys.getswitchinterval() == interval
+
+
+def _later(jobs: list[Job], delay: float) -> Future[list[Job]]:
+    """The jobs, as a planner thread hands them over after `delay` seconds."""
+    future: Future[list[Job]] = Future()
+    threading.Timer(delay, future.set_result, args=(jobs,)).start()
+    return future

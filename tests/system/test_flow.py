@@ -1,0 +1,112 @@
+"""The augment flow on a Prefect test server: the same outputs as `master run`, plus artifacts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from conftest import role_lms
+from fake_llm import FakeLLMServer
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_augment_flow_writes_outputs_and_artifacts(
+    prefect_server: None,
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    import flows.planning.jobs
+    from conftest import hashing_embedder
+    from flows.augment import augment
+
+    monkeypatch.setattr(flows.planning.jobs, "minilm_embedder", lambda: hashing_embedder)
+    config = write_config(role_lms(fake_llm.base_url), sample=6, run={"shard_size": 2})
+    out = tmp_path / "flow-out"
+    summary = augment(config_path=str(config), out=str(out))
+    assert summary["lm"]["calls"] == fake_llm.request_count > 0
+    assert json.loads((out / "summary.json").read_text())["dialogues"] == summary["dialogues"]
+    assert sum(summary["dialogues"].values()) == 6 and summary["run_cache"] == "stored"
+    calls = fake_llm.request_count
+    again = augment(config_path=str(config), out=str(tmp_path / "again"))
+    assert again["run_cache"] == "hit" and fake_llm.request_count == calls
+    assert (tmp_path / "again" / "dataset.jsonl").read_bytes() == (
+        out / "dataset.jsonl"
+    ).read_bytes()
+
+    async def artifact_keys() -> set[str]:
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts() if a.key}
+
+    import asyncio
+
+    keys = asyncio.run(artifact_keys())
+    assert {"augment-report", "augment-lm-calls", "augment-summary"} <= keys
+    assert {"augment-plot-counts", "augment-plot-lengths", "augment-plot-checks"} <= keys
+
+    # progress: the artifact ends at 100%, the last log line counts every seed and call
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the logs the run sent, on the server before they are read
+
+    async def progress() -> tuple[list[object], list[str]]:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts()
+            logs = await client.read_logs()
+        done = [a.data for a in artifacts if a.key == "augment-progress"]
+        return done, [log.message for log in logs if "seeds done" in log.message]
+
+    done, lines = asyncio.run(progress())
+    assert 100.0 in done
+    assert f"6/6 seeds done, {calls} LM calls, 0 cache hits, eta 0 s" in lines
+
+
+def test_the_augment_flow_runs_a_saved_program_version(
+    prefect_server: None,
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dspy
+
+    import flows.planning.jobs
+    from conftest import hashing_embedder
+    from flows.augment import augment
+    from flows.simulation.saved_programs import save_version
+    from modules.scenarios.registry import build_programs
+
+    monkeypatch.setattr(flows.planning.jobs, "minilm_embedder", lambda: hashing_embedder)
+    program = build_programs({})["debate"]
+    program.student_c.predict.demos = [
+        dspy.Example(question="1+1?", reference="2", dialogue="A: 3", summary="It is 2.")
+    ]
+    version = save_version(program, "debate", {"optimizer": "by hand"}, tmp_path / "programs")
+    config = write_config(
+        role_lms(fake_llm.base_url),
+        sample=6,
+        scenarios={"proportions": {"debate": 1}, "programs": {"debate": version}},
+        optimize={"programs_dir": str(tmp_path / "programs")},
+    )
+    out = tmp_path / "flow-out"
+    summary = augment(config_path=str(config), out=str(out))
+    assert summary["dialogues"]["debate"] == 6
+    rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    import polars as pl
+
+    provenance = [json.loads(p) for p in pl.read_parquet(out / "dataset.parquet")["provenance"]]
+    assert {p["program_version"] for p in provenance} == {version}
+    assert any("It is 2." in json.dumps(r["messages"]) for r in fake_llm.requests)

@@ -1,0 +1,72 @@
+"""Importing the project does nothing but define things: no environment variable set, no DSPy
+adapter patched, no logging filter added. modules.runtime.setup() does all of it, explicitly
+(the CLI, the flows, the benchmarks and these tests' fixtures call it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import PROJECT
+
+PROBE = r"""
+import gc, json, logging, os, pkgutil, sys, importlib
+# third-party imports first: their own side effects (polars sets _RJEM_MALLOC_CONF) are not ours
+import aiohttp, datasets, diskcache, dspy, httpx, numpy, orjson, polars, pydantic, yaml
+before_env = dict(os.environ)
+before_gc = gc.get_threshold(), sys.getswitchinterval()
+import flows, modules, signatures
+names = ["signatures", "modules", "flows"]
+for package in (flows, modules, signatures):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        names.append(info.name)
+for name in names:
+    importlib.import_module(name)
+import dspy.adapters.base, dspy.adapters.utils
+keys = set(before_env) | set(os.environ)
+changed = sorted(k for k in keys if before_env.get(k) != os.environ.get(k))
+hooks = (dspy.adapters.base.Adapter.format_system_message, dspy.adapters.utils.serialize_for_json)
+patched = [f"{f.__module__}.{f.__name__}" for f in hooks if not f.__module__.startswith("dspy.")]
+loggers = ("dspy.clients.lm", "dspy.predict.predict")
+filters = [n for n in loggers if logging.getLogger(n).filters]
+same_gc = (gc.get_threshold(), sys.getswitchinterval()) == before_gc
+print(json.dumps({"imported": len(names), "changed_env": changed, "patched": patched,
+                  "filters": filters, "gc": same_gc}))
+"""
+
+
+def test_importing_every_package_changes_no_environment_and_patches_nothing() -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if k not in _SET_BY_SETUP}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=PROJECT, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["imported"] > 60  # every module of every package was imported
+    assert found["changed_env"] == []
+    assert found["patched"] == []
+    assert found["filters"] == []
+    assert found["gc"] is True
+
+
+def test_setup_does_it_all_once() -> None:
+    probe = (
+        "import os, dspy.adapters.base as b; from modules.runtime import setup; "
+        "setup(); setup(); print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], "
+        "b.Adapter.format_system_message.__module__)"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in _SET_BY_SETUP}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJECT, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "modules.lm.dspy_internals"]
+
+
+from modules.runtime import ENV_DEFAULTS  # noqa: E402
+
+#: This test process ran setup() (conftest): its children start without what setup() set.
+_SET_BY_SETUP = set(ENV_DEFAULTS)
