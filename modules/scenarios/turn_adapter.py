@@ -57,7 +57,7 @@ class Transcript(str):
         """From the program's turn dicts (speaker names become their labels)."""
         return cls(tuple((speaker_label(t["speaker"]), t["text"]) for t in turns))
 
-    def __reduce__(self) -> tuple[Any, ...]:  # pickles (forked workers) keep the turns
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (Dask shards) keep the turns
         return (type(self), (self.turns,))
 
 
