@@ -52,7 +52,7 @@ SAMPLING = (
 )
 
 
-def _text(value: Any) -> str:
+def prompt_text(value: Any) -> str:
     """A system prompt or message content as text (str, or a sequence of text parts)."""
     if value is None:
         return ""
@@ -73,8 +73,8 @@ def request_fields(request: Request) -> dict[str, Any]:
             sampling[name] = list(value) if isinstance(value, tuple) else value
     return {
         "model": request.model,
-        "system": _text(request.system),
-        "messages": [[m.role, _text(getattr(m, "parts", None) or m.text)] for m in messages],
+        "system": prompt_text(request.system),
+        "messages": [[m.role, prompt_text(getattr(m, "parts", None) or m.text)] for m in messages],
         "tools": [getattr(t, "name", str(t)) for t in request.tools],
         "sampling": sampling,
     }

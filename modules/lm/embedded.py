@@ -20,6 +20,7 @@ from typing import Any
 
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
+from modules.lm.call_cache import prompt_text
 from modules.lm.grammar import CHAT_COMPLETED, close_truncated, gbnf_for, output_fields
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,6 @@ def _load(n_ctx: int) -> _LoadedModel:
         return _models[key]
 
 
-def _system_text(request: Request) -> str:
-    if request.system is None:
-        return ""
-    if isinstance(request.system, str):
-        return request.system
-    return "".join(getattr(p, "text", "") or "" for p in request.system)
-
-
 def _sampling_seed(request: Request, messages: list[dict[str, str]]) -> int:
     """Deterministic per prompt, so a rerun without the cache reproduces the same answer."""
     digest = hashlib.sha256(repr((request.model, request.config, messages)).encode()).digest()
@@ -139,7 +132,7 @@ class EmbeddedEngine:
 
     def complete(self, request: Request) -> Response:
         model = _load(self.n_ctx)
-        system = _system_text(request)
+        system = prompt_text(request.system)
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": m.role, "content": m.text or ""} for m in request.messages]
         cfg = request.config

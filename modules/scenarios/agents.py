@@ -6,7 +6,8 @@ prompt is a DSPy Signature (so optimizers can rewrite it) and the model is the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+import contextlib
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, Literal
 
 import dspy
@@ -19,6 +20,14 @@ from modules.scenarios.turn_adapter import Transcript, TurnAdapter, speaker_labe
 #: How an agent's call is formatted: "turn" (TurnAdapter, the paper's chat transport) or
 #: "chat" (DSPy's ChatAdapter with its field markers, kept for comparison).
 AdapterName = Literal["turn", "chat"]
+
+
+@contextlib.contextmanager
+def speaking(predict: dspy.Predict, adapter: dspy.Adapter, attempt: int) -> Iterator[None]:
+    """One try of a predictor: its own rollout slot (a retry is a fresh sample), its prompt's
+    hash stored with the cache entry, and its adapter."""
+    with rollout(attempt, prompt_sha(predict)), dspy.context(adapter=adapter):
+        yield
 
 
 class FormatError(RuntimeError):
@@ -61,7 +70,7 @@ class Agent(dspy.Module):
     def forward(self, **inputs: Any) -> dict[str, Any]:
         said, error = None, None
         for attempt in range(self.retries + 1):
-            with rollout(attempt, prompt_sha(self.predict)), dspy.context(adapter=self.adapter):
+            with speaking(self.predict, self.adapter, attempt):
                 try:
                     prediction = self.predict(**inputs, lm=self._lm())
                 except AdapterParseError as exc:
@@ -77,7 +86,7 @@ class Agent(dspy.Module):
         """The same turn on the event loop: the LM call is awaited, not run in a thread."""
         said, error = None, None
         for attempt in range(self.retries + 1):
-            with rollout(attempt, prompt_sha(self.predict)), dspy.context(adapter=self.adapter):
+            with speaking(self.predict, self.adapter, attempt):
                 try:
                     prediction = await self.predict.acall(**inputs, lm=self._lm())
                 except AdapterParseError as exc:

@@ -28,8 +28,9 @@ from typing import Any, get_args
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from modules.lm.call_cache import note_format, prompt_sha, rollout
+from modules.lm.call_cache import note_format
 from modules.lm.dspy_internals import SchemaAdapter
+from modules.scenarios.agents import speaking
 from modules.scenarios.turn_adapter import speaker_label
 from signatures import JudgeDialogue
 
@@ -132,7 +133,7 @@ class Judge(dspy.Module):
         inputs = judge_inputs(question, reference, turns, scenario, similar_reference)
         error: Exception | None = None
         for attempt in range(self.retries + 1):
-            with rollout(attempt, prompt_sha(self.judge)), dspy.context(adapter=self.adapter):
+            with speaking(self.judge, self.adapter, attempt):
                 try:
                     return _checked(self.judge(**inputs, lm=self.judge.lm or self.lm))
                 except (AdapterParseError, BadVerdict) as exc:
@@ -152,7 +153,7 @@ class Judge(dspy.Module):
         inputs = judge_inputs(question, reference, turns, scenario, similar_reference)
         error: Exception | None = None
         for attempt in range(self.retries + 1):
-            with rollout(attempt, prompt_sha(self.judge)), dspy.context(adapter=self.adapter):
+            with speaking(self.judge, self.adapter, attempt):
                 try:
                     return _checked(await self.judge.acall(**inputs, lm=self.judge.lm or self.lm))
                 except (AdapterParseError, BadVerdict) as exc:

@@ -5,10 +5,18 @@ adapter patched, no logging filter added. modules.runtime.setup() does all of it
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from conftest import PROJECT
+from modules.runtime import ENV_DEFAULTS
+
+
+def _fresh_env() -> dict[str, str]:
+    """This process ran setup() (conftest): a child starts without what setup() set."""
+    return {k: v for k, v in os.environ.items() if k not in ENV_DEFAULTS}
+
 
 PROBE = r"""
 import gc, json, logging, os, pkgutil, sys, importlib
@@ -37,7 +45,7 @@ print(json.dumps({"imported": len(names), "changed_env": changed, "patched": pat
 
 
 def test_importing_every_package_changes_no_environment_and_patches_nothing() -> None:
-    env = {k: v for k, v in __import__("os").environ.items() if k not in _SET_BY_SETUP}
+    env = _fresh_env()
     done = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=PROJECT, env=env,
         timeout=300,
@@ -57,16 +65,10 @@ def test_setup_does_it_all_once() -> None:
         "setup(); setup(); print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], "
         "b.Adapter.format_system_message.__module__)"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k not in _SET_BY_SETUP}
+    env = _fresh_env()
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJECT, env=env,
         timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "modules.lm.dspy_internals"]
-
-
-from modules.runtime import ENV_DEFAULTS  # noqa: E402
-
-#: This test process ran setup() (conftest): its children start without what setup() set.
-_SET_BY_SETUP = set(ENV_DEFAULTS)
