@@ -32,7 +32,11 @@ OpenAI-compatible endpoint in data/config.yaml or with `--profile paper`."""
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="config file (default: data/config.yaml)")
     p.add_argument(
-        "--profile", metavar="NAME", help="a ready profile from data/profiles/, e.g. 'paper'"
+        "--profile",
+        metavar="NAME",
+        action="append",
+        help="a ready profile from data/profiles/, e.g. 'boostqa' (the paper's whole setup); "
+        "several (`--profile a,b` or repeated) apply left to right",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every dialogue and call")
 

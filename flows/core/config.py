@@ -3,10 +3,15 @@
 Configuration is data. It is read in three layers, later wins:
 
 1. the config file (default ``data/config.yaml``, every key documented there);
-2. a profile from ``data/profiles/NAME.yaml`` (``--profile NAME`` or ``MASTER_PROFILE``), merged
-   key by key, for ready setups such as the paper's Qwen2.5 agents;
+2. profiles from ``data/profiles/NAME.yaml`` (``--profile A,B`` or ``MASTER_PROFILE=A,B``), for
+   ready setups such as the paper's Qwen2.5 agents. A profile may start with
+   ``include: [OTHER, ...]``: those are applied first, in order, then the profile itself. Each
+   profile is applied once, where it first appears, left to right;
 3. environment variables ``MASTER__SECTION__KEY=value`` (double underscores separate keys,
    values are parsed as YAML scalars), e.g. ``MASTER__LMS__WEAK__TEMPERATURE=0.9``.
+
+Every layer merges into the one before it the same way: mappings key by key, while a list or
+a scalar replaces the earlier value whole (a profile that sets `eval_sets` names all of them).
 
 Errors name the key and where it came from (the file, or the variable), in one line each:
 a user mistake never ends in a traceback.
@@ -40,7 +45,9 @@ SCENARIOS: tuple[Scenario, ...] = ("error_correction", "debate", "analogy")
 SourceFormat = Literal["question_answer", "alpaca", "self_instruct", "sharegpt"]
 
 DEFAULT_FIELDS: dict[str, dict[str, str]] = {
-    "question_answer": {"question": "question", "answer": "answer"},
+    # title: an optional column put before the question (ProcQA's StackOverflow titles); the
+    # default name matches no column, so only a source that maps it reads one
+    "question_answer": {"question": "question", "answer": "answer", "title": ""},
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},
     "self_instruct": {"instruction": "instruction", "instances": "instances"},
     "sharegpt": {"conversations": "conversations"},
@@ -143,6 +150,11 @@ class ScenarioConfig(BaseModel):
     debate_rounds: Literal["auto", 1, 2] = "auto"
     retrieval_top_k: int = Field(default=5, gt=0)
     debate_mapping: Literal["alternate", "final_only"] = "alternate"
+    analogy_pool: Literal["seeds", "reservoir"] = Field(
+        default="reservoir",
+        description="seeds: similar questions come from this run's non-analogy seeds (the "
+        "paper); reservoir: from a sample of every loaded row",
+    )
     programs: dict[Scenario, str] = Field(
         default_factory=dict, description="saved program version per scenario (data/programs/)"
     )
@@ -260,6 +272,15 @@ class MergeConfig(BaseModel):
 
     mode: Literal["replace", "mix"] = "replace"
     originals_per_dialogue: float = Field(default=1.0, ge=0.0)
+    backfill: Literal["none", "resimulate", "original"] = Field(
+        default="none",
+        description="seeds without an accepted dialogue: resimulate further seeds until each "
+        "source has its quota of rows, or publish their original question/answer",
+    )
+    replace_with_original: list[Scenario] = Field(
+        default_factory=list,
+        description="scenarios whose seeds are published as their original QA (ablations)",
+    )
 
 
 class PublishConfig(BaseModel):
@@ -272,6 +293,11 @@ class PublishConfig(BaseModel):
     push_to_hub: str | None = Field(default=None, description="repo id, e.g. org/dataset")
     private: bool = True
     token_env: str = Field(default="HF_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    flawed_turns: Literal["train", "mask"] = Field(
+        default="train",
+        description="mask: messages.jsonl gives the deliberately imperfect assistant turns "
+        "weight 0 (the weak student's first answer, debaters A and B), the others weight 1",
+    )
 
 
 class OptimizeConfig(BaseModel):
@@ -388,9 +414,37 @@ def _format_errors(exc: ValidationError, source: str, env_origin: dict[str, str]
     return "\n".join(lines)
 
 
+def _profile_names(spec: str | list[str] | None) -> list[str]:
+    """`a,b`, or a list of such, as the profile names in order."""
+    specs = [spec] if isinstance(spec, str) else list(spec or [])
+    return [name.strip() for part in specs for name in part.split(",") if name.strip()]
+
+
+def _expand_profile(name: str, layers: dict[str, dict[str, Any]], chain: tuple[str, ...]) -> None:
+    """Add a profile's includes, then the profile, to `layers` (insertion-ordered, once each)."""
+    if name in chain:
+        raise ConfigError(f"profile {name!r}: includes itself ({' -> '.join([*chain, name])})")
+    if name in layers:
+        return
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))) or "none"
+        where = f" (included by {chain[-1]!r})" if chain else ""
+        raise ConfigError(f"profile {name!r}{where}: no {path} (known profiles: {known})")
+    body = _read_yaml(path)
+    includes = body.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: include must be a list of profile names")
+    for included in includes:
+        _expand_profile(included, layers, (*chain, name))
+    layers[name] = body
+
+
 def load_config(
     path: str | Path | None = None,
-    profile: str | None = None,
+    profile: str | list[str] | None = None,
     environ: dict[str, str] | None = None,
 ) -> MasterConfig:
     """Read, merge and validate the configuration, raising ConfigError with one line a problem."""
@@ -398,14 +452,14 @@ def load_config(
     cfg_path = Path(path) if path else DEFAULT_CONFIG
     data = _read_yaml(cfg_path)
     source = str(cfg_path)
-    profile = profile or env.get("MASTER_PROFILE")
-    if profile:
-        prof_path = PROFILES_DIR / f"{profile}.yaml"
-        if not prof_path.is_file():
-            known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))) or "none"
-            raise ConfigError(f"profile {profile!r}: no {prof_path} (known profiles: {known})")
-        data = _deep_merge(data, _read_yaml(prof_path))
-        source = f"{cfg_path} (+ profile {prof_path.name})"
+    names = _profile_names(profile or env.get("MASTER_PROFILE"))
+    layers: dict[str, dict[str, Any]] = {}
+    for name in names:
+        _expand_profile(name, layers, ())
+    for layer in layers.values():
+        data = _deep_merge(data, layer)
+    if layers:
+        source = f"{cfg_path} (+ profile {' + '.join(layers)})"
     overrides, origin = _env_overrides(env)
     data = _deep_merge(data, overrides)
     try:

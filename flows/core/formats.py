@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modules.scenarios.guards import SPEAKER_LABELS
+from modules.scenarios.guards import DELIBERATELY_IMPERFECT, SPEAKER_LABELS
 
 _SIDE = {
     "question": "human",
@@ -42,6 +42,33 @@ def to_sharegpt(turns: list[dict[str, Any]], mapping: str = "alternate") -> list
         else:
             conversation.append({"from": side, "value": text})
     return conversation
+
+
+def assistant_weights(
+    turns: list[dict[str, Any]], scenario: str, mapping: str = "alternate"
+) -> list[int | None]:
+    """Per message of `to_messages(to_sharegpt(turns, mapping))`: the training weight of an
+    assistant message, 0 when every turn in it is deliberately imperfect (the weak student's
+    first answer, debaters A and B), else 1; None for the other messages."""
+    imperfect = DELIBERATELY_IMPERFECT.get(scenario, frozenset())
+    sides: list[str] = []
+    flawed: list[bool] = []
+    first_said: set[str] = set()
+    for turn in turns:
+        speaker = turn["speaker"]
+        side = _side(speaker, mapping)
+        # error correction's weak student errs in its first answer only
+        bad = speaker in imperfect and (speaker != "weak_student" or speaker not in first_said)
+        first_said.add(speaker)
+        if sides and sides[-1] == side:
+            flawed[-1] = flawed[-1] and bad
+        else:
+            sides.append(side)
+            flawed.append(bad)
+    return [
+        (0 if bad else 1) if side == "gpt" else None
+        for side, bad in zip(sides, flawed, strict=True)
+    ]
 
 
 def to_messages(conversation: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -34,8 +34,10 @@ def field_names(fmt: SourceFormat, overrides: Mapping[str, str]) -> dict[str, st
 
 
 def missing_columns(fmt: SourceFormat, names: Mapping[str, str], columns: set[str]) -> list[str]:
-    """The mapped column names a source does not have (checked on its first row)."""
-    return [names[r] for r in REQUIRED[fmt] if names[r] not in columns]
+    """The mapped column names a source does not have (checked on its first row). An optional
+    role with no default column (a question_answer `title`) is required once it is mapped."""
+    mapped = [r for r, default in DEFAULT_FIELDS[fmt].items() if not default and names[r]]
+    return [names[r] for r in (*REQUIRED[fmt], *mapped) if names[r] not in columns]
 
 
 def _text(row: Mapping[str, Any], key: str, required: bool = True) -> str:
@@ -75,6 +77,8 @@ def map_row(
     meta: dict[str, Any] = {}
     if fmt == "question_answer":
         question, reference = _text(row, names["question"]), _text(row, names["answer"])
+        if names["title"]:
+            question = _join(_text(row, names["title"], False), question).strip()
         final = _GSM8K_FINAL.findall(reference)
         if final:
             meta["final_answer"] = final[-1].replace(",", "").strip()

@@ -12,10 +12,11 @@ Pure functions: no Prefect, tested directly.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from flows.ingest.dedupe import canonical, digest, near_duplicates
 from flows.ingest.field_mapping import Skip, field_names, map_row, missing_columns
 from flows.ingest.sources import Row, SeedSourceError, read_file, read_hub
 
-__all__ = ["LoadResult", "SeedSourceError", "load_seeds", "resolve_path"]
+__all__ = ["LoadResult", "SeedSourceError", "load_more", "load_seeds", "quotas", "resolve_path"]
 
 log = logging.getLogger("master")
 
@@ -43,6 +44,9 @@ class LoadResult:
     exact_duplicates: int = 0
     near_duplicates: int = 0
     contaminated: int = 0
+    exhausted: list[str] = field(default_factory=list)  # sources with no seed left (backfill)
+    earlier: list[Seed] = field(default_factory=list)  # seeds planned before (backfill rounds)
+    backfill: dict[str, Any] = field(default_factory=dict)  # what merge.backfill added
 
     def counts(self) -> dict[str, int]:
         """The `seeds` block of summary.json."""
@@ -162,11 +166,20 @@ def _with_overrides(cfg: SeedsConfig, paths: list[str] | None) -> SeedsConfig:
 
 
 def contamination_index(cfg: SeedsConfig) -> ContaminationIndex:
+    """Every evaluation set's questions. A set that cannot be read is an error, one line per
+    set (all of them named at once): a run must not go on silently contaminated."""
     index = ContaminationIndex(n=cfg.decontamination.ngram)
-    for ref in cfg.decontamination.eval_sets:
-        for loc, mapped in iter_mapped(ref, cfg.max_row_bytes, 10**9):
-            if not isinstance(mapped, ValueError):
-                index.add(mapped[0], f"{ref.label}:{loc}")
+    unreadable = []
+    for i, ref in enumerate(cfg.decontamination.eval_sets):
+        try:
+            for loc, mapped in iter_mapped(ref, cfg.max_row_bytes, 10**9):
+                if not isinstance(mapped, ValueError):
+                    index.add(mapped[0], f"{ref.label}:{loc}")
+        except SeedSourceError as exc:
+            where = f"seeds.decontamination.eval_sets[{i}] ({ref.label})"
+            unreadable.append(f"{where}: {exc}".replace("the source's `path:`", "its `path:`"))
+    if unreadable:
+        raise SeedSourceError("\n".join(unreadable))
     return index
 
 
@@ -182,9 +195,22 @@ def _drop(
     _reject(result, stage, reason, label, c.location, seed_id=c.id, detail=detail)
 
 
-def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> LoadResult:
-    """Read every source and return sampled, deduplicated, decontaminated seeds."""
-    cfg = _with_overrides(cfg, override_paths)
+@dataclass
+class _Scan:
+    """One pass over the sources: the sampled candidates that survived decontamination and
+    near-dedupe, each source's reservoirs, and the contamination index."""
+
+    result: LoadResult
+    reservoirs: list[_Reservoir]
+    pools: list[_Reservoir]
+    clean: list[_Candidate]
+    contamination: ContaminationIndex
+
+
+def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan:
+    """Read every source into reservoirs of `scale` x its quota (oversampled), then drop
+    contaminated candidates and near duplicates. Seeds already `taken` (backfill) are left
+    out of the candidates, and a candidate that nearly duplicates one of them is dropped."""
     result = LoadResult()
     seen: dict[bytes, str] = {}
     reservoirs: list[_Reservoir] = []
@@ -193,7 +219,7 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
     for s_index, source in enumerate(cfg.sources):
         label = source.label
         quota = _quota(cfg, s_index)
-        cap = None if quota is None else math.ceil(quota * cfg.oversample) + 5
+        cap = None if quota is None else math.ceil(quota * scale * cfg.oversample) + 5
         sample = _Reservoir(cap, random.Random(f"{cfg.random_seed}:sample:{source.label}"))
         pool = _Reservoir(pool_cap, random.Random(f"{cfg.random_seed}:pool:{source.label}"))
         for number, (loc, mapped) in enumerate(
@@ -243,26 +269,41 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
             _drop(result, cfg, c, "decontaminate", reason, f"{hit[1]}: {hit[0][:120]}")
         else:
             clean.append(c)
+    taken_ids = {t.id for t in taken}
+    clean = [c for c in clean if c.id not in taken_ids]
+    known = [canonical(t.question) for t in taken]
     eligible = [i for i, c in enumerate(clean) if len(c.canon.split()) >= cfg.dedupe.min_words]
     if cfg.dedupe.near and eligible:
         found = near_duplicates(
-            [clean[i].canon for i in eligible],
+            [*known, *(clean[i].canon for i in eligible)],
             cfg.dedupe.threshold,
             cfg.dedupe.num_perm,
             cfg.dedupe.ngram,
         )
-        removed = {eligible[d.index] for d in found}
+        found = [d for d in found if d.index >= len(known)]
+        removed = {eligible[d.index - len(known)] for d in found}
         for d in found:
-            c, kept = clean[eligible[d.index]], clean[eligible[d.kept]]
+            c = clean[eligible[d.index - len(known)]]
+            if d.kept < len(known):
+                kept_id = taken[d.kept].id
+            else:
+                kept_id = clean[eligible[d.kept - len(known)]].id
             result.near_duplicates += 1
             reason = f"near duplicate (similarity {d.similarity:.2f})"
-            _drop(result, cfg, c, "dedupe", reason, f"kept {kept.id}")
+            _drop(result, cfg, c, "dedupe", reason, f"kept {kept_id}")
         clean = [c for i, c in enumerate(clean) if i not in removed]
+    return _Scan(result, reservoirs, pools, clean, contamination)
 
+
+def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> LoadResult:
+    """Read every source and return sampled, deduplicated, decontaminated seeds."""
+    cfg = _with_overrides(cfg, override_paths)
+    scan = _scan(cfg)
+    result, clean = scan.result, scan.clean
     for s_index, source in enumerate(cfg.sources):
         survivors = [c for c in clean if c.order[0] == s_index]
         quota = _quota(cfg, s_index)
-        reserve = reservoirs[s_index]
+        reserve = scan.reservoirs[s_index]
         if quota is not None and len(survivors) < quota and reserve.seen > len(reserve.items):
             log.warning(
                 "%s: %d seeds kept of %d asked: duplicates and contamination used up the "
@@ -276,12 +317,58 @@ def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> Loa
             survivors = sorted(rng.sample(survivors, quota))
         result.seeds.extend(_to_seed(c, source) for c in survivors)
     taken = {s.id for s in result.seeds}
-    for s_index, pool in enumerate(pools):
+    contamination = scan.contamination
+    for s_index, pool in enumerate(scan.pools):
         source = cfg.sources[s_index]
         for c in sorted(pool.items):
             if c.id in taken or not len(contamination) or contamination.match(c.question) is None:
                 result.pool.append(_to_seed(c, source))
     return result
+
+
+def quotas(cfg: SeedsConfig, override_paths: list[str] | None = None) -> dict[str, int | None]:
+    """Each source's label and the seeds it is to give (None: every row)."""
+    cfg = _with_overrides(cfg, override_paths)
+    return {source.label: _quota(cfg, i) for i, source in enumerate(cfg.sources)}
+
+
+def _backfill_order(random_seed: int, seed_id: str) -> str:
+    return hashlib.sha256(f"{random_seed}:backfill:{seed_id}".encode()).hexdigest()
+
+
+def load_more(
+    cfg: SeedsConfig,
+    override_paths: list[str] | None,
+    taken: list[Seed],
+    wanted: dict[str, int],
+    round_: int,
+) -> LoadResult:
+    """Further seeds for backfill round `round_` (1, 2, ...): up to `wanted[label]` new seeds
+    of each source, none of them in `taken` nor a near duplicate of one.
+
+    Round r samples 2**r times each source's quota, so its candidates do not depend on how
+    many are wanted, and the new seeds are the first in an order hashed from their ids: a
+    rerun that needs fewer takes a prefix of the same seeds (its calls are cache hits). A
+    source whose every row was a candidate and that still falls short is `exhausted`."""
+    cfg = _with_overrides(cfg, override_paths)
+    scan = _scan(cfg, scale=2**round_, taken=taken)
+    more = LoadResult(loaded=scan.result.loaded)
+    for s_index, source in enumerate(cfg.sources):
+        need = wanted.get(source.label, 0)
+        if need <= 0:
+            continue
+        fresh = [c for c in scan.clean if c.order[0] == s_index]
+        fresh.sort(key=lambda c: _backfill_order(cfg.random_seed, c.id))
+        reserve = scan.reservoirs[s_index]
+        if len(fresh) < need and reserve.seen <= len(reserve.items):
+            more.exhausted.append(source.label)
+        more.seeds.extend(_to_seed(c, source) for c in sorted(fresh[:need]))
+    # the sampled candidates' drops; the rows the first load reported (bad rows, exact
+    # duplicates) are not repeated, and the caller skips drops it already has
+    more.rejects = [
+        r for r in scan.result.rejects if r.stage != "load" and r.reason != "exact duplicate"
+    ]
+    return more
 
 
 def _to_seed(c: _Candidate, source: SourceConfig) -> Seed:

@@ -42,17 +42,33 @@ class Job:
 
 def assign_jobs(loaded: LoadResult, cfg: MasterConfig) -> tuple[list[Job], list[Seed]]:
     """Every seed's scenario and rounds: the jobs that need nothing more, and the analogy
-    seeds, whose similar question is retrieved next (`partner_jobs`)."""
+    seeds, whose similar question is retrieved next (`partner_jobs`). Seeds of a scenario in
+    merge.replace_with_original get no job."""
     ready: list[Job] = []
     analogy: list[Seed] = []
     for seed in loaded.seeds:
         scenario = assign_scenario(seed.id, cfg.scenarios.proportions)
+        if scenario in cfg.merge.replace_with_original:
+            continue  # published as its original question/answer (flows/publish/merge.py)
         if scenario == "analogy":
             analogy.append(seed)
             continue
         rounds = debate_rounds(seed.id, cfg.scenarios.debate_rounds)
         ready.append(Job(seed=seed, scenario=scenario, rounds=rounds))
     return ready, analogy
+
+
+def retrieval_pool(loaded: LoadResult, cfg: MasterConfig) -> list[Seed]:
+    """Where analogy partners come from. `seeds` (the paper): this run's seeds that are not
+    analogy seeds, those of earlier backfill rounds included, whether or not their scenario
+    is published as the original; `reservoir`: a sample of every loaded row."""
+    if cfg.scenarios.analogy_pool == "reservoir":
+        return loaded.pool
+    return [
+        seed
+        for seed in (*loaded.earlier, *loaded.seeds)
+        if assign_scenario(seed.id, cfg.scenarios.proportions) != "analogy"
+    ]
 
 
 def partner_jobs(
@@ -68,16 +84,17 @@ def partner_jobs(
     Partners are sticky: a choice made by an earlier run is kept while that partner is
     still in the pool, so adding seeds to a source never re-runs earlier analogy dialogues."""
     similar: dict[str, Any] = {}
+    pool = retrieval_pool(loaded, cfg)
     remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled and analogy else None
     try:
         if remembered is not None:
-            similar = remembered.recall(analogy, loaded.pool)
+            similar = remembered.recall(analogy, pool)
         fresh = [s for s in analogy if s.id not in similar]
         if fresh:
             embed = embedder or minilm_embedder()
             if cfg.cache.enabled:
                 embed = cached_embedder(embed, cfg.cache.dir)
-            picked = pick_similar(fresh, loaded.pool, embed, cfg.scenarios.retrieval_top_k)
+            picked = pick_similar(fresh, pool, embed, cfg.scenarios.retrieval_top_k)
             similar.update(picked)
             if remembered is not None and remember:
                 remembered.remember(picked)

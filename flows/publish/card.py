@@ -14,6 +14,7 @@ import yaml
 
 from flows.core.config import MasterConfig
 from flows.planning.jobs import ROLES_BY_SCENARIO
+from flows.publish.paper_setup import NOT_GIVEN, differences
 from flows.publish.report import markdown_table
 from flows.quality.lengths import counts_by, length_stats
 
@@ -85,7 +86,17 @@ def render_card(
         "- `dataset.parquet`: every column; `dataset.jsonl`: ShareGPT; `messages.jsonl`: OpenAI "
         "chat, strictly alternating user/assistant",
         "- `hf/`: the same rows as a `datasets.load_from_disk` folder",
-        "- `dataset_info.json`: a LLaMA-Factory entry for `dataset.jsonl`",
+        "- `dataset_info.json`: a LLaMA-Factory entry for `dataset.jsonl`; "
+        "`llamafactory_lora.yaml`: the paper's LoRA fine-tuning recipe on it",
+        "- training weights: "
+        + (
+            "`messages.jsonl` gives the deliberately imperfect assistant turns (the weak "
+            "student's first answer, debaters A and B) `weight` 0 and the others 1 "
+            "(publish.flawed_turns: mask)"
+            if cfg.publish.flawed_turns == "mask"
+            else "every assistant turn is trained on, the deliberately imperfect ones too "
+            "(publish.flawed_turns: train)"
+        ),
         "- `rejects.parquet`: every dropped seed or dialogue, with its reason",
         "",
         "## Provenance",
@@ -127,6 +138,19 @@ def render_card(
         ),
         "",
         "Tokens are estimated (words and punctuation), not counted with a model's tokenizer.",
+        "",
+    ]
+    diffs = differences(cfg)
+    parts += [
+        "## Differences from the paper's setup",
+        "",
+        "Compared with BOOST-QA as the paper describes it (`master run --profile boostqa`):",
+        "",
+        *([f"- {d}" for d in diffs] or ["- none"]),
+        "",
+        "Left open by the paper, chosen here:",
+        "",
+        *(f"- {item}" for item in NOT_GIVEN),
         "",
     ]
     if plots:

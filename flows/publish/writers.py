@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 from datasets.arrow_reader import ArrowReader
 
 from flows.core.config import PublishConfig
-from flows.core.files import atomic_path, write_json
+from flows.core.files import atomic_path, write_json, write_text
+from flows.core.formats import assistant_weights
 from flows.core.records import Dialogue, Reject, Seed
+from flows.publish.paper_setup import lora_recipe
 
 BATCH = 1000  # rows per Arrow batch when writing the dataset
 
@@ -45,6 +47,7 @@ def dataset_row(dialogue: Dialogue, seed: Seed | None) -> dict[str, Any]:
     row = dialogue.model_dump(mode="json", by_alias=True)
     row["question"] = seed.question if seed else None
     row["reference"] = seed.reference if seed else None
+    row["similar_seed_id"] = dialogue.provenance.get("similar_seed_id")  # analogy's partner
     row["provenance"] = json.dumps(row["provenance"], sort_keys=True)
     return row
 
@@ -88,7 +91,10 @@ def _empty_dataset() -> datasets.Dataset:
             **{k: datasets.Value("string") for k in ("seed_id", "source", "domain", "scenario")},
             "conversations": datasets.List(turn),
             "messages": datasets.List(message),
-            **{k: datasets.Value("string") for k in ("provenance", "question", "reference")},
+            **{
+                k: datasets.Value("string")
+                for k in ("provenance", "question", "reference", "similar_seed_id")
+            },
         }
     )
     return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
@@ -119,14 +125,27 @@ def write_dataset(
     rows: Iterable[dict[str, Any]],
     publish: PublishConfig,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    mapping: str = "alternate",
 ) -> None:
     """dataset.parquet (all columns), dataset.jsonl (ShareGPT), messages.jsonl (OpenAI), the
-    `datasets` folder hf/ and LLaMA-Factory's dataset_info.json.
+    `datasets` folder hf/ and LLaMA-Factory's dataset_info.json. With publish.flawed_turns
+    `mask`, messages.jsonl gives each assistant message a `weight` (`mapping` is the
+    debate_mapping the turns were laid out with).
 
     `rows` is iterated twice (the schema first, then the files, a batch at a time), so a
     100,000-row dataset is never in memory: pass a list or a re-iterable view such as
     flows.publish.merge.PublishedRows. `on_row` sees each row as it is written."""
     datasets.disable_progress_bars()
+    masking = publish.flawed_turns == "mask"
+
+    def weighed(row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The row's messages, each assistant message with its training weight."""
+        weights = assistant_weights(row["turns"], row["scenario"], mapping)
+        return [
+            m if w is None else {**m, "weight": w}
+            for m, w in zip(row["messages"], weights, strict=True)
+        ]
+
     schema = dataset_schema(rows)
     hf = publish.save_to_disk and schema is not None
     with (
@@ -155,7 +174,8 @@ def write_dataset(
                              "scenario": r["scenario"], "source": r["source"]},
                             ensure_ascii=False) + "\n")  # fmt: skip
                         messages_fh.write(json.dumps(
-                            {"messages": r["messages"], "seed_id": r["seed_id"]},
+                            {"messages": weighed(r) if masking else r["messages"],
+                             "seed_id": r["seed_id"]},
                             ensure_ascii=False) + "\n")  # fmt: skip
                         if on_row is not None:
                             on_row(r)
@@ -170,6 +190,7 @@ def write_dataset(
         # `datasets` cannot load a 0-row folder back; no folder beats a stale or broken one
         shutil.rmtree(out / "hf")
     write_json(out / "dataset_info.json", llama_factory_entry(publish.name))
+    write_text(out / "llamafactory_lora.yaml", lora_recipe(publish.name))
 
 
 class PublishError(Exception):

@@ -20,19 +20,20 @@ import polars as pl
 from flows.core.config import SCENARIOS, MasterConfig
 from flows.core.files import output_lock, write_json, write_text
 from flows.core.records import Reject
-from flows.ingest.seeds import LoadResult, load_seeds
+from flows.ingest.seeds import LoadResult, load_more, load_seeds
 from flows.planning.jobs import Job, plan_jobs
 from flows.planning.retrieval import (
     Embedder,
 )
 from flows.publish.card import render_card
 from flows.publish.collect import Collected, in_order
-from flows.publish.merge import PublishedRows, merge_refs
+from flows.publish.merge import PublishedRows, merge_refs, standing_in
 from flows.publish.plots import PLOTS, plots_markdown, write_plots
 from flows.publish.report import render_report
 from flows.publish.spill import clear_spills, spill_folder
 from flows.publish.writers import push_to_hub, write_dataset, write_rejects
 from flows.quality.lengths import row_shape
+from flows.runs.backfill import resimulate
 from flows.runs.run_cache import RunStore, run_key
 from flows.runs.shards import roles_in_use, simulate_jobs
 from flows.simulation.saved_programs import configured_programs
@@ -80,7 +81,12 @@ def publish(
     stopped = in_order(collected.stopped)
     dropped = in_order(collected.dropped)
     tripped = next((r.reason for r in stopped if r.stage == "breaker"), None)
-    refs, duplicates = merge_refs(collected.refs, loaded.seeds, cfg.merge)
+    dialogue_ids = {ref.seed_id for ref in collected.refs}
+    unfinished = {r.seed_id for r in stopped if r.seed_id}
+    originals = standing_in(
+        loaded.seeds, dialogue_ids, unfinished, cfg.merge, cfg.scenarios.proportions
+    )
+    refs, duplicates = merge_refs(collected.refs, loaded.seeds, cfg.merge, originals)
     accepted = sum(collected.accepted.values())
     pass_rates = collected.checks.rates()
     summary: dict[str, Any] = {
@@ -101,7 +107,12 @@ def publish(
             "turn_flags": dict(sorted(collected.turn_flags.items())),
         },
         "lm": collected.calls.block(cfg.lms),
-        "rows": {"published": len(refs), "duplicates_dropped": duplicates},
+        "rows": {
+            "published": len(refs),
+            "duplicates_dropped": duplicates,
+            "originals": dict(sorted(Counter(o.why for o in originals).items())),
+        },
+        "backfill": {"mode": cfg.merge.backfill, **loaded.backfill},
         "budget": {
             **cfg.run.budget.model_dump(),
             "stopped": any(r.stage == "budget" for r in stopped),
@@ -124,7 +135,9 @@ def publish(
         if all(s["scenario"] != row["scenario"] for s in samples):
             samples.append(row)
 
-    write_dataset(out, PublishedRows(refs), cfg.publish, on_row=seen)
+    write_dataset(
+        out, PublishedRows(refs), cfg.publish, on_row=seen, mapping=cfg.scenarios.debate_mapping
+    )
     write_rejects(out, [*loaded.rejects, *failed, *dropped, *stopped])
     plots = write_plots(out, shapes, pass_rates)
     summary["elapsed_s"] = round(time.monotonic() - started, 3)
@@ -212,6 +225,16 @@ def load_stage(cfg: MasterConfig, seed_paths: list[str] | None) -> LoadResult:
     return loaded
 
 
+def load_more_stage(
+    cfg: MasterConfig,
+    seed_paths: list[str] | None,
+    taken: list[Any],
+    wanted: dict[str, int],
+    round_: int,
+) -> LoadResult:
+    return load_more(cfg.seeds, seed_paths, taken, wanted, round_)
+
+
 @dataclass(frozen=True)
 class Stages:
     """How the driver runs each stage. `master run` calls the functions; the augment flow
@@ -221,6 +244,7 @@ class Stages:
 
     replay: Callable[..., tuple[str | None, dict[str, Any] | None]] = replay_run
     load: Callable[..., LoadResult] = load_stage
+    load_more: Callable[..., LoadResult] = load_more_stage
     plan: Callable[..., tuple[list[Job], list[Reject]]] = plan_jobs
     simulate: Callable[[list[Job], MasterConfig, Path], Collected] = simulate_jobs
     publish: Callable[..., dict[str, Any]] = publish
@@ -246,6 +270,10 @@ def drive(
         jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
         try:
             collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
+            if cfg.merge.backfill == "resimulate":
+                plan_rejects += resimulate(
+                    cfg, out, seed_paths, embedder, stages, loaded, collected
+                )
             summary = stages.publish(cfg, out, loaded, plan_rejects, collected, started, key)
         finally:
             clear_spills(out)

@@ -40,6 +40,7 @@ OUTPUTS = (
     "dataset.jsonl",
     "messages.jsonl",
     "dataset_info.json",
+    "llamafactory_lora.yaml",
     "rejects.parquet",
     "README.md",
     "plot_counts.png",

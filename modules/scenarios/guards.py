@@ -31,6 +31,14 @@ SPEAKER_LABELS: dict[str, str] = {
 }
 
 
+#: Speakers whose turns are wrong on purpose, per scenario (the paper's weak agents): the judge
+#: is told so, and publish.flawed_turns `mask` gives their training weight 0.
+DELIBERATELY_IMPERFECT: dict[str, frozenset[str]] = {
+    "error_correction": frozenset({"weak_student"}),
+    "debate": frozenset({"student_a", "student_b"}),
+}
+
+
 def foreign_labels(text: str, speaker: str) -> list[str]:
     """Labels of other speakers that open a line of this turn (role leakage)."""
     own = SPEAKER_LABELS.get(speaker, "").lower()

@@ -31,16 +31,12 @@ from dspy.utils.exceptions import AdapterParseError
 from modules.lm.call_cache import note_format
 from modules.lm.dspy_internals import SchemaAdapter
 from modules.scenarios.agents import speaking
+from modules.scenarios.guards import DELIBERATELY_IMPERFECT
 from modules.scenarios.turn_adapter import speaker_label
 from signatures import JudgeDialogue
 
 UNJUDGED = "unjudged"
 
-#: Speakers whose turns are wrong on purpose, per scenario (the paper's weak agents).
-DELIBERATELY_IMPERFECT: dict[str, frozenset[str]] = {
-    "error_correction": frozenset({"weak_student"}),
-    "debate": frozenset({"student_a", "student_b"}),
-}
 
 _SCRIPTS: dict[str, str] = {
     "error_correction": (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.core.formats import alternates, to_messages, to_sharegpt
+from flows.core.formats import alternates, assistant_weights, to_messages, to_sharegpt
 from modules.scenarios.agents import fixed_turn
 from modules.scenarios.guards import turn_problems
 
@@ -64,3 +64,19 @@ def test_turn_guards() -> None:
     assert leaked == ["role_leakage:teacher"]
     assert turn_problems("Student A: I think 4.", "student_a", "stop") == []
     assert turn_problems("**Student B:** no", "student_a", "stop") == ["role_leakage:student b"]
+
+
+def test_assistant_weights_zero_exactly_the_deliberately_imperfect_messages() -> None:
+    def turns(*speakers: str) -> list[dict[str, str]]:
+        return [{"speaker": s, "text": s} for s in speakers]
+
+    ec = turns("question", "weak_student", "teacher", "strong_student")
+    assert assistant_weights(ec, "error_correction") == [None, 0, None, 1]
+    debate = turns("question", "student_a", "student_b", "student_a", "student_b", "student_c")
+    assert assistant_weights(debate, "debate") == [None, 0, None, 0, None, 1]
+    # final_only folds A and B into the human side: only C is an assistant message
+    assert assistant_weights(debate, "debate", "final_only") == [None, 1]
+    analogy = turns("question", "teacher", "strong_student", "teacher", "strong_student")
+    assert assistant_weights(analogy, "analogy") == [None, 1, None, 1]
+    for case, scenario in ((ec, "error_correction"), (debate, "debate")):
+        assert len(assistant_weights(case, scenario)) == len(to_sharegpt(case))

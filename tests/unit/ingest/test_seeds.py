@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SHARED_DATA, run_cli
 from flows.core.config import SeedsConfig
-from flows.ingest.seeds import SeedSourceError, load_seeds
+from flows.ingest.seeds import SeedSourceError, load_more, load_seeds
 
 
 def _cfg(*sources: dict, **extra: object) -> SeedsConfig:
@@ -248,3 +248,70 @@ def test_parallel_sketches_find_the_same_near_duplicates(monkeypatch: pytest.Mon
     monkeypatch.setattr(dedupe, "PARALLEL_FROM", 100)
     monkeypatch.setattr(dedupe, "_CHUNK", 700)
     assert dedupe.near_duplicates(texts) == sequential
+
+
+def test_a_mapped_title_opens_the_question_and_a_missing_title_column_is_named(
+    tmp_path: Path,
+) -> None:
+    rows = [{"title": "Sort a dict by value?", "question": "I have d = {...}.", "answer": "sorted"}]
+    src = _jsonl(tmp_path / "procqa.jsonl", rows)
+    mapped = {"title": "title", "question": "question", "answer": "answer"}
+    seeds = load_seeds(_cfg({"path": str(src), "domain": "code", "fields": mapped})).seeds
+    assert seeds[0].question == "Sort a dict by value?\n\nI have d = {...}."
+    plain = load_seeds(_cfg({"path": str(src), "domain": "code"})).seeds
+    assert plain[0].question == "I have d = {...}."  # unmapped: the title is not read
+    with pytest.raises(SeedSourceError, match="field 'subject' not found"):
+        load_seeds(_cfg({"path": str(src), "domain": "code", "fields": {"title": "subject"}}))
+
+
+def test_unreadable_eval_sets_are_each_named_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.ingest.seeds as seeds_module
+
+    def offline(dataset_id: str, *args: object):
+        raise SeedSourceError(f"hf:{dataset_id}: cannot be reached (offline); point the "
+                              "source's `path:` at a local copy")  # fmt: skip
+        yield  # a generator, as read_hub is
+
+    monkeypatch.setattr(seeds_module, "read_hub", offline)
+    src = _jsonl(tmp_path / "s.jsonl", [{"question": "What is two plus two?", "answer": "4"}])
+    evals = [
+        {"path": str(src), "name": "local"},
+        {"hf": "org/bench_a", "name": "a"},
+        {"hf": "org/bench_b", "name": "b"},
+    ]
+    cfg = _cfg({"path": str(src), "domain": "math"}, decontamination={"eval_sets": evals})
+    with pytest.raises(SeedSourceError) as caught:
+        load_seeds(cfg)
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        "seeds.decontamination.eval_sets[1] (a): hf:org/bench_a: cannot be reached (offline); "
+        "point its `path:` at a local copy",
+        "seeds.decontamination.eval_sets[2] (b): hf:org/bench_b: cannot be reached (offline); "
+        "point its `path:` at a local copy",
+    ]
+
+
+def test_backfill_loads_new_seeds_in_a_stable_order_and_says_when_a_source_runs_out(
+    tmp_path: Path,
+) -> None:
+    import random
+
+    words = "river planet copper violin harbor lantern meadow glacier tulip engine pepper".split()
+    rng = random.Random(3)
+    rows = [
+        {"question": f"{i}: " + " ".join(rng.sample(words, 8)) + "?", "answer": str(i)}
+        for i in range(40)
+    ]
+    src = _jsonl(tmp_path / "m.jsonl", rows)
+    cfg = _cfg({"path": str(src), "domain": "math", "name": "m"}, sample=10, random_seed=1)
+    first = load_seeds(cfg).seeds
+    more = load_more(cfg, None, first, {"m": 6}, 1)
+    fewer = load_more(cfg, None, first, {"m": 3}, 1)
+    taken = {s.id for s in first}
+    assert len(more.seeds) == 6 and not taken & {s.id for s in more.seeds}
+    assert {s.id for s in fewer.seeds} <= {s.id for s in more.seeds}  # a rerun needing fewer
+    assert more.exhausted == []
+    rest = load_more(cfg, None, first, {"m": 100}, 2)
+    assert len(rest.seeds) == 30 and rest.exhausted == ["m"]

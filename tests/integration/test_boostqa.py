@@ -1,0 +1,219 @@
+"""The BOOST-QA reproduction kit end to end against the fake server: the dataset's size
+(backfill), the analogy pool, the ablations, the training weights and the LoRA recipe."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from conftest import role_lms
+from fake_llm import FakeLLMServer
+from flows.core.config import load_config
+from flows.ingest.seeds import load_seeds
+from flows.planning.assign import assign_scenario
+from flows.runs.pipeline import run_pipeline
+
+WORDS = [
+    "river", "planet", "copper", "violin", "harbor", "lantern", "meadow", "glacier", "tulip",
+    "engine", "pepper", "canyon", "falcon", "marble", "orchid", "saddle", "thunder", "walnut",
+    "zephyr", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "hazel", "indigo",
+]  # fmt: skip
+
+
+def _seed_file(path: Path, n: int) -> Path:
+    """n general questions, no two near duplicates; every fourth is one the judge fails."""
+    rng = random.Random(7)
+    with path.open("w") as fh:
+        for i in range(n):
+            words = " ".join(rng.sample(WORDS, 9))
+            tricky = " (a tricky one)" if i % 4 == 0 else ""
+            question = f"Question {i}{tricky}: what links {words} in a story about item {i * 7919}?"
+            fh.write(json.dumps({"question": question, "answer": f"They all link {i}."}) + "\n")
+    return path
+
+
+def _judge(body: dict[str, Any]) -> str | None:
+    """The judge fails the dialogues of tricky questions; the other roles answer as usual."""
+    if body.get("model") != "judge-model":
+        return None
+    bad = "a tricky one" in json.dumps(body["messages"])
+    return (
+        f"[[ ## verdict ## ]]\n{'procedural_errors' if bad else 'correct'}\n\n"
+        f"[[ ## score ## ]]\n{1 if bad else 5}\n\n[[ ## reason ## ]]\nAs read.\n\n"
+        "[[ ## completed ## ]]"
+    )
+
+
+def _config(write_config: Callable[..., Path], fake: FakeLLMServer, seeds: Path, **sections):
+    fake.responder = _judge
+    base = {
+        "seeds": {
+            "sources": [{"path": str(seeds), "domain": "general", "name": "synth"}],
+            "sample": 60,
+            "random_seed": 3,
+        },
+        # a hard judge drops the tricky questions' dialogues
+        "quality": {"judge": True, "hard": ["judge"], "judge_min_score": 3},
+    }
+    base.update(sections)
+    return load_config(write_config(role_lms(fake.base_url), **base))
+
+
+def _rows(out: Path) -> list[dict]:
+    return pl.read_parquet(out / "dataset.parquet").to_dicts()
+
+
+def test_resimulate_backfill_fills_the_dataset_to_exactly_its_sample(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    cfg = _config(write_config, fake_llm, seeds, merge={"backfill": "resimulate"})
+    result = run_pipeline(cfg, tmp_path / "out", embedder=embedder)
+    summary = result.summary
+    assert summary["quality"]["rejected"] > 0  # the filter dropped some
+    assert summary["backfill"]["rounds"] >= 1 and summary["backfill"]["short"] == {}
+    assert len(_rows(result.out)) == summary["rows"]["published"] == 60
+    assert all(r["scenario"] != "original" for r in _rows(result.out))
+
+    # without backfill the same run is short by what the filter dropped
+    plain = _config(write_config, fake_llm, seeds)
+    short = run_pipeline(plain, tmp_path / "plain", embedder=embedder).summary
+    assert (
+        short["rows"]["published"]
+        == 60 - short["quality"]["rejected"] - short["quality"]["failed"]
+        < 60
+    )
+
+    # a rerun is incremental: every call is a cache hit, the same rows come out
+    calls = fake_llm.request_count
+    nocache = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"replay_runs": False})})
+    again = run_pipeline(nocache, tmp_path / "again", embedder=embedder)
+    assert fake_llm.request_count == calls and again.summary["lm"]["calls"] == 0
+    assert _rows(again.out) == _rows(result.out)
+
+
+def test_resimulate_backfill_says_so_when_the_source_runs_out(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    seeds = _seed_file(tmp_path / "seeds.jsonl", 64)
+    cfg = _config(write_config, fake_llm, seeds, merge={"backfill": "resimulate"})
+    summary = run_pipeline(cfg, tmp_path / "out", embedder=embedder).summary
+    assert summary["seeds"]["kept"] == 64  # every row was tried
+    assert summary["backfill"]["exhausted"] == ["synth"]
+    assert summary["rows"]["published"] == 60 - summary["backfill"]["short"]["synth"] < 60
+
+
+def test_original_backfill_publishes_the_rejected_seeds_as_they_came(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    cfg = _config(write_config, fake_llm, seeds, merge={"backfill": "original"})
+    summary = run_pipeline(cfg, tmp_path / "out", embedder=embedder).summary
+    rows = _rows(tmp_path / "out")
+    originals = [r for r in rows if r["scenario"] == "original"]
+    assert len(rows) == 60 and len(originals) == summary["rows"]["originals"]["backfill"] > 0
+    rejected = set(pl.read_parquet(tmp_path / "out" / "rejects.parquet")["seed_id"].to_list())
+    assert {r["seed_id"] for r in originals} <= rejected
+    assert all(json.loads(r["provenance"]) == {"original": "backfill"} for r in originals)
+
+
+def test_analogy_pool_seeds_draws_every_partner_from_the_runs_non_analogy_seeds(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    cfg = _config(
+        write_config, fake_llm, seeds, scenarios={"analogy_pool": "seeds"}, quality={"judge": False}
+    )
+    run_pipeline(cfg, tmp_path / "out", embedder=embedder)
+    run_seeds = load_seeds(cfg.seeds).seeds
+    pool = {
+        s.id for s in run_seeds if assign_scenario(s.id, cfg.scenarios.proportions) != "analogy"
+    }
+    analogy = [r for r in _rows(tmp_path / "out") if r["scenario"] == "analogy"]
+    assert len(analogy) > 5
+    assert all(r["similar_seed_id"] in pool for r in analogy)
+    # the reservoir draws from every loaded row, beyond the run's 60 seeds
+    reservoir = _config(
+        write_config, fake_llm, seeds, quality={"judge": False}, cache={"dir": str(tmp_path / "c2")}
+    )
+    run_pipeline(reservoir, tmp_path / "res", embedder=embedder)
+    partners = {r["similar_seed_id"] for r in _rows(tmp_path / "res") if r["scenario"] == "analogy"}
+    assert partners - pool
+
+
+def test_replace_with_original_publishes_a_scenarios_seeds_as_originals_from_the_cache(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    full = _config(write_config, fake_llm, seeds, quality={"judge": False})
+    run_pipeline(full, tmp_path / "full", embedder=embedder)
+    calls = fake_llm.request_count
+    ablation = _config(
+        write_config,
+        fake_llm,
+        seeds,
+        quality={"judge": False},
+        merge={"replace_with_original": ["debate"]},
+    )
+    summary = run_pipeline(ablation, tmp_path / "ablation", embedder=embedder).summary
+    assert fake_llm.request_count == calls and summary["lm"]["calls"] == 0  # nothing re-run
+    rows = _rows(tmp_path / "ablation")
+    debate_seeds = {
+        s.id
+        for s in load_seeds(ablation.seeds).seeds
+        if assign_scenario(s.id, ablation.scenarios.proportions) == "debate"
+    }
+    assert debate_seeds and not [r for r in rows if r["scenario"] == "debate"]
+    assert {r["seed_id"] for r in rows if r["scenario"] == "original"} == debate_seeds
+    kept = {(r["seed_id"], r["scenario"]) for r in _rows(tmp_path / "full")}
+    assert {(r["seed_id"], r["scenario"]) for r in rows if r["scenario"] != "original"} == {
+        k for k in kept if k[1] != "debate"
+    }
+
+
+def test_masked_flawed_turns_weigh_exactly_the_deliberately_imperfect_assistant_turns_zero(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    cfg = load_config(
+        write_config(
+            role_lms(fake_llm.base_url),
+            sample=12,
+            publish={"flawed_turns": "mask", "name": "kit_test"},
+        )
+    )
+    out = run_pipeline(cfg, tmp_path / "out", embedder=embedder).out
+    rows = {r["seed_id"]: r for r in _rows(out)}
+    seen = set()
+    for line in (out / "messages.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        row = rows[record["seed_id"]]
+        assistant = [m for m in record["messages"] if m["role"] == "assistant"]
+        assert all("weight" in m for m in assistant)
+        assert all("weight" not in m for m in record["messages"] if m["role"] != "assistant")
+        weights = [m["weight"] for m in assistant]
+        speakers = [t["speaker"] for t in row["turns"]]
+        if row["scenario"] == "error_correction":  # weak answer, then the revision
+            assert speakers[1] == "weak_student" and weights == [0, 1]
+        elif row["scenario"] == "debate":  # A's turns, then C's verdict
+            assert weights == [0] * (len(weights) - 1) + [1]
+            assert speakers.count("student_a") == len(weights) - 1
+        else:
+            assert weights == [1] * len(weights)
+        seen.add(row["scenario"])
+    assert seen == {"error_correction", "debate", "analogy"}
+    card = (out / "README.md").read_text()
+    assert "publish.flawed_turns: mask" in card
+
+    recipe = yaml.safe_load((out / "llamafactory_lora.yaml").read_text())
+    assert recipe["dataset"] == "kit_test" in json.loads((out / "dataset_info.json").read_text())
+    assert recipe["finetuning_type"] == "lora" and recipe["stage"] == "sft"
+    assert recipe["num_train_epochs"] == 2 and recipe["learning_rate"] == 1e-4
+    assert recipe["per_device_train_batch_size"] == 2
+    assert recipe["gradient_accumulation_steps"] == 8
+    assert recipe["lr_scheduler_type"] == "cosine" and recipe["warmup_ratio"] == 0.1
