@@ -7,10 +7,13 @@ ends in one line per problem on stderr and a non-zero exit code, never a traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flows.core.config import ConfigError, MasterConfig, load_config
 from modules.runtime import setup
@@ -18,6 +21,10 @@ from modules.runtime import setup
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_STOPPED = 3  # the circuit breaker stopped the run; its outputs are written
+PROGRESS_EVERY_S = 10.0  # off a terminal, a progress line at most this often
+
+if TYPE_CHECKING:
+    from flows.runs.progress import Progress
 
 DESCRIPTION = """\
 MASTER turns question/answer seed data into multi-turn teacher-student dialogues for
@@ -179,13 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr:
+    """sys.stderr as it is when a line is written: while the live bar runs, rich stands in
+    for it and prints log lines above the bar instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _setup_logging(verbose: bool) -> None:
+    """Warnings, and our own INFO lines (the stages); with -v every library's INFO lines and
+    our DEBUG ones (a line per dialogue) too."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        stream=_Stderr(),  # type: ignore[arg-type]
     )
-    logging.getLogger("master").setLevel(logging.INFO)
+    logging.getLogger("master").setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -202,13 +223,87 @@ def _with_sample(cfg: MasterConfig, sample: int | None) -> MasterConfig:
     return cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
 
 
+class ProgressLines:
+    """Progress off a terminal: a line at most every `every` seconds while seeds finish, and
+    one at the end."""
+
+    def __init__(self, every: float = PROGRESS_EVERY_S, clock: Any = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self.last: float | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        now = self.clock()
+        if self.last is None:  # the first seeds were added: the clock starts
+            self.last = now
+        elif now - self.last >= self.every:
+            self.last = now
+            self.write(progress)
+
+    def write(self, progress: Progress) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {progress.line()}", file=sys.stderr, flush=True)
+
+
+class ProgressBar:
+    """Progress on a terminal: one live bar (rich, which comes with Prefect) with every figure
+    of the progress line, redrawn a few times a second so the ETA keeps moving."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def __rich__(self) -> Any:
+        from rich.progress_bar import ProgressBar as Bar
+        from rich.table import Table
+
+        f = self.progress.figures()
+        grid = Table.grid(padding=(0, 1))
+        text = f.line() if f.total else "loading and planning"  # no seed to simulate yet
+        grid.add_row(Bar(total=f.total or None, completed=f.done, width=30), text)
+        return grid
+
+
+@contextlib.contextmanager
+def showing(progress: Progress, terminal: bool, console: Any = None) -> Iterator[None]:
+    """Show a run's progress while the body runs: the live bar on a terminal (on `console`,
+    stderr by default), progress lines otherwise."""
+    if terminal:
+        from rich.console import Console
+        from rich.live import Live
+
+        live = Live(
+            ProgressBar(progress),
+            console=console or Console(stderr=True),
+            refresh_per_second=4,
+            # stdout is left alone (it may be piped away from the terminal); the summary
+            # is printed on it once the bar is done
+            redirect_stdout=False,
+        )
+        with live:
+            try:
+                yield
+            finally:  # the last figures stay on screen; a run that simulated nothing leaves none
+                live.transient = not progress.total
+        return
+    lines = ProgressLines()
+    progress.watch = lines
+    try:
+        yield
+    finally:
+        if progress.total:
+            lines.write(progress)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.runs.pipeline import run_pipeline, with_overrides
+    from flows.runs.progress import Progress, run_prices
 
     if args.max_calls is not None and args.max_calls <= 0:
         raise ConfigError("--max-calls: must be a positive number of calls")
     cfg = with_overrides(_with_sample(_load(args), args.sample), None, args.max_calls)
-    result = run_pipeline(cfg, Path(args.out) if args.out else None, args.seeds)
+    out = Path(args.out) if args.out else None
+    progress = Progress(run_prices(cfg))
+    with showing(progress, sys.stderr.isatty()):
+        result = run_pipeline(cfg, out, args.seeds, progress=progress)
     s = result.summary
     print(
         f"{sum(s['dialogues'].values())} dialogues "

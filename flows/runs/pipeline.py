@@ -7,6 +7,7 @@ here imports Prefect.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from flows.publish.spill import clear_spills, spill_folder
 from flows.publish.writers import push_to_hub, write_dataset, write_rejects
 from flows.quality.lengths import row_shape
 from flows.runs.backfill import resimulate
+from flows.runs.progress import Progress
 from flows.runs.run_cache import RunStore, run_key
 from flows.runs.shards import roles_in_use, simulate_jobs
 from flows.simulation.saved_programs import configured_programs
@@ -285,6 +287,9 @@ def run_pipeline(
     out: Path | None = None,
     seed_paths: list[str] | None = None,
     embedder: Embedder | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
-    """The whole job in this process: what `master run` does."""
-    return drive(cfg, Path(out or cfg.run.out), seed_paths, embedder)
+    """The whole job in this process: what `master run` does. Every seed simulated is added
+    to `progress` and counted in it as it finishes (flows/runs/progress.py)."""
+    stages = Stages(simulate=functools.partial(simulate_jobs, progress=progress))
+    return drive(cfg, Path(out or cfg.run.out), seed_paths, embedder, stages)

@@ -5,15 +5,14 @@ flow runs shards as Prefect tasks (threads, or Dask workers for scale-out)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.core.config import MasterConfig
 from flows.core.records import Reject
 from flows.planning.jobs import ROLES_BY_SCENARIO, Job
-from flows.publish.collect import Collected
+from flows.publish.collect import UNFINISHED, Collected
 from flows.quality.verification import averify_outcome, verdict_book, verify_outcomes
 from flows.simulation.dialogue_cache import DialogueStore
 from flows.simulation.saved_programs import configured_programs
@@ -24,6 +23,9 @@ from modules.lm.factory import build_role_lms
 from modules.lm.settings import Role
 from modules.scenarios.judge import Judge
 from modules.scenarios.registry import build_judge, role_adapters
+
+if TYPE_CHECKING:
+    from flows.runs.progress import Progress
 
 log = logging.getLogger("master")
 
@@ -95,18 +97,16 @@ def _unfinished(outcome: Outcome) -> None:
         outcome.dialogue = None
 
 
-def _progress(total: int) -> Any:
-    state = {"done": 0, "total": total, "start": time.monotonic()}
-
-    def on_done(outcome: Outcome) -> None:
-        state["done"] += 1
-        done, total = state["done"], state["total"]
-        elapsed = time.monotonic() - state["start"]
-        eta = elapsed / done * max(total - done, 0)
-        status = "ok" if outcome.dialogue else f"failed ({outcome.reject.reason})"  # type: ignore[union-attr]
-        log.info("dialogue %d/%d %s %s, eta %.0fs", done, total, outcome.job.scenario, status, eta)
-
-    return on_done
+def _status(outcome: Outcome) -> str:
+    """What became of a dialogue, for its log line."""
+    reject = outcome.reject
+    if reject is not None and reject.stage in UNFINISHED:
+        return f"unfinished ({reject.stage}): {reject.reason}"
+    if reject is not None:
+        return f"failed: {reject.reason}"
+    if outcome.dialogue is not None and not outcome.dialogue.quality.get("accepted", True):
+        return "rejected by the quality filter"
+    return "ok"
 
 
 def _shard(
@@ -114,15 +114,19 @@ def _shard(
     cfg: MasterConfig,
     budget: CallBudget | None,
     emit: Callable[[int, Outcome], None],
+    progress: Progress | None = None,
 ) -> None:
     """Simulate and verify one shard of jobs, with its own programs and cache handle;
-    emit(job index, outcome) as each outcome is final."""
+    emit(job index, outcome) as each outcome is final, and count it in `progress`. Each
+    dialogue is also logged, at DEBUG (`master run -v`)."""
     scenarios = {job.scenario for job in jobs}
     programs, store = open_programs(cfg, scenarios, budget)
     dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
     judge = open_judge(cfg, store, budget)
     verdicts = verdict_book(cfg, dialogues, judge)
-    progress = _progress(len(jobs))
+    finished = 0
+    if progress is not None:
+        progress.add(len(jobs))
 
     async def verify(outcome: Outcome) -> None:
         await averify_outcome(outcome, cfg, judge, verdicts)
@@ -131,8 +135,15 @@ def _shard(
         verify_outcomes(outcomes, cfg, judge, verdicts)
 
     def final(index: int, outcome: Outcome) -> None:
+        nonlocal finished
         _unfinished(outcome)
-        progress(outcome)
+        finished += 1
+        log.debug(
+            "dialogue %d/%d %s %s: %s",
+            finished, len(jobs), outcome.job.scenario, outcome.job.seed.id, _status(outcome),
+        )  # fmt: skip
+        if progress is not None:
+            progress.record(outcome)
         emit(index, outcome)
 
     checking = cfg.quality.enabled
@@ -167,16 +178,21 @@ def collect_shard(
     cfg: MasterConfig,
     budget: CallBudget | None,
     collected: Collected,
+    progress: Progress | None = None,
 ) -> Collected:
     """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
     stays in memory but its traces (flows/publish/collect.py)."""
     try:
-        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome))
+        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome), progress)
     finally:
         collected.close()
     return collected
 
 
-def simulate_jobs(jobs: list[Job], cfg: MasterConfig, spill: Path) -> Collected:
-    """Every job as one shard in this process, under the run's budget (`master run`)."""
-    return collect_shard(jobs, cfg, new_budget(cfg), Collected(spill / "rows.jsonl"))
+def simulate_jobs(
+    jobs: list[Job], cfg: MasterConfig, spill: Path, progress: Progress | None = None
+) -> Collected:
+    """Every job as one shard in this process, under the run's budget (`master run`); the
+    jobs are added to `progress` and counted in it as they finish."""
+    budget = new_budget(cfg)
+    return collect_shard(jobs, cfg, budget, Collected(spill / "rows.jsonl"), progress)

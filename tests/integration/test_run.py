@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 import polars as pl
 
-from conftest import role_lms, run_cli
+from conftest import PROJECT, role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
 from flows.core.formats import alternates
@@ -152,3 +159,84 @@ def test_an_unset_key_variable_is_one_clear_line(
     proc = _cli("run", "--config", str(config), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "environment variable MASTER_UNSET_KEY_VAR is not set" in proc.stderr
+
+
+PER_DIALOGUE = re.compile(r"dialogue \d+/\d+ ")
+
+
+def _progress_config(
+    write_config: Callable[..., Path], base_url: str, tmp_path: Path, seeds: int
+) -> Path:
+    """`seeds` distinct math seeds, debate and error correction only (analogy would load
+    MiniLM in the child process: seconds of CPU that say nothing about progress)."""
+    question = "Ann has {} apples and gets {} more. How many apples does she have now?"
+    rows = [{"question": question.format(i, i + 7), "answer": str(2 * i + 7)} for i in range(seeds)]
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return write_config(
+        role_lms(base_url),
+        sample=seeds,
+        # the questions differ by their numbers only: near-duplicates by design
+        seeds={"sources": [{"path": str(path), "domain": "math"}], "dedupe": {"near": False}},
+        scenarios={"proportions": {"error_correction": 1, "debate": 1, "analogy": 0}},
+    )
+
+
+def test_a_200_seed_run_off_a_terminal_writes_at_most_30_lines(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = _progress_config(write_config, fake_llm.base_url, tmp_path, 200)
+    proc = _cli("run", "--config", str(config), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines() + proc.stderr.splitlines()
+    assert len(lines) <= 30, "\n".join(lines)
+    assert not [line for line in lines if PER_DIALOGUE.search(line)]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    final = proc.stderr.splitlines()[-1]  # the last progress line agrees with summary.json
+    assert f"seeds 200/200, accepted {summary['quality']['accepted']}, " in final
+    assert f", {summary['lm']['calls']} LM calls, {summary['lm']['cache_hits']} cache hits" in final
+
+
+def test_verbose_logs_a_line_per_dialogue(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = _progress_config(write_config, fake_llm.base_url, tmp_path, 20)
+    proc = _cli("run", "--config", str(config), "--out", str(tmp_path / "out"), "-v")
+    assert proc.returncode == 0, proc.stderr
+    dialogues = [line for line in proc.stderr.splitlines() if PER_DIALOGUE.search(line)]
+    assert len(dialogues) == 20 and all(line.endswith(": ok") for line in dialogues)
+    assert "dialogue 20/20 " in proc.stderr
+
+
+def test_on_a_terminal_the_run_draws_one_live_bar(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """stderr on a pseudo-terminal, as in a shell: the bar is drawn and redrawn in place."""
+    config = _progress_config(write_config, fake_llm.base_url, tmp_path, 20)
+    screen, terminal = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--out",
+         str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=terminal, cwd=PROJECT,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "200"},
+    )  # fmt: skip
+    os.close(terminal)
+    drawn = bytearray()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([screen], [], [], 1.0)
+        try:
+            chunk = os.read(screen, 65536) if ready else b"?"
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk if ready else b""
+    os.close(screen)
+    stdout = child.communicate(timeout=60)[0].decode()
+    assert child.returncode == 0, drawn.decode(errors="replace")[-3000:]
+    text = drawn.decode()
+    assert "━" in text and "\x1b[2K" in text  # a bar, redrawn in place
+    assert "seeds 20/20, accepted 20, rejected 0, " in text.split("\x1b[2K")[-1]
+    assert not PER_DIALOGUE.search(text)
+    assert "20 dialogues" in stdout  # the summary, once the bar is done
