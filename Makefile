@@ -57,8 +57,9 @@ bench: install
 clean:
 	rm -rf out .master
 
-# A local Prefect server, the work pool, the deployments and a process worker, in the background
-# (deploy/serve.sh; PREFECT_PORT=4200 make serve to choose the port). `make stop` undoes it.
+# Prefect's own background server (`prefect server start --background`), the work pool, the
+# deployments and a process worker (deploy/serve.sh; PREFECT_PORT=4200 make serve to choose the
+# port). `make stop` stops the worker, then `prefect server stop`; safe to run twice.
 serve: install
 	deploy/serve.sh start
 

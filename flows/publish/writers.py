@@ -21,11 +21,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.arrow_reader import ArrowReader
+from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from flows.core.config import PublishConfig
 from flows.core.files import atomic_path, write_json, write_text
 from flows.core.formats import assistant_weights
 from flows.core.records import Dialogue, Reject, Seed
+from flows.publish.card import CARD_FILE, card_files
 from flows.publish.paper_setup import lora_recipe
 
 BATCH = 1000  # rows per Arrow batch when writing the dataset
@@ -197,38 +199,54 @@ class PublishError(Exception):
     """The Hub upload failed; the local outputs are complete. One line for the user."""
 
 
+def hub_files(out: Path) -> list[str]:
+    """What a Hub upload sends from `out`: the card and exactly the files it names (its
+    `configs`' data files and the images it shows), paths relative to `out`."""
+    return [CARD_FILE, *card_files((out / CARD_FILE).read_text(encoding="utf-8"))]
+
+
 def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
-    """Upload dataset.parquet and the card to publish.push_to_hub, if configured."""
+    """Upload the card and the files it names to the dataset repo publish.push_to_hub, in one
+    commit, so `datasets.load_dataset(repo)` reads the rows the card describes."""
     if not publish.push_to_hub:
         return None
+    repo = publish.push_to_hub
     token = os.environ.get(publish.token_env)
     if not token:
         raise PublishError(
             f"publish.push_to_hub: environment variable {publish.token_env} is not set "
             "(it must hold a Hugging Face write token)"
         )
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
+    if constants.is_offline_mode():
         raise PublishError(
-            f"publish.push_to_hub {publish.push_to_hub}: the Hub is offline "
-            "(HF_HUB_OFFLINE=1); set HF_HUB_OFFLINE=0 to upload; local outputs are complete"
+            f"publish.push_to_hub {repo}: HF_HUB_OFFLINE is set in this environment, so "
+            "nothing was uploaded; unset it to upload; local outputs are complete"
         )
+    files = hub_files(out)
+    missing = [f for f in files if not (out / f).is_file()]
+    if missing:
+        raise PublishError(f"publish.push_to_hub {repo}: the card names missing files {missing}")
+    if any(f.endswith(".parquet") and pq.read_metadata(out / f).num_rows == 0 for f in files):
+        # `datasets` refuses a split with no rows: the repo would not load
+        raise PublishError(f"publish.push_to_hub {repo}: no rows to publish, nothing uploaded")
     try:
-        dataset = datasets.Dataset.from_parquet(str(out / "dataset.parquet"))
-        dataset.push_to_hub(publish.push_to_hub, token=token, private=publish.private)
-        from huggingface_hub import HfApi
-
-        HfApi(token=token).upload_file(
-            path_or_fileobj=str(out / "README.md"),
-            path_in_repo="README.md",
-            repo_id=publish.push_to_hub,
+        api = HfApi(token=token)
+        api.create_repo(repo, repo_type="dataset", private=publish.private, exist_ok=True)
+        api.create_commit(
+            repo,
             repo_type="dataset",
+            operations=[
+                CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name))
+                for name in files
+            ],
+            commit_message=f"MASTER: {publish.name} ({', '.join(files)})",
         )
     except Exception as exc:  # noqa: BLE001 - wrapped at the boundary, one line
         text = " ".join(str(exc).replace(token, "***").split())[:300]
-        raise PublishError(f"publish.push_to_hub {publish.push_to_hub}: {text}") from None
-    return publish.push_to_hub
+        raise PublishError(
+            f"publish.push_to_hub {repo}: {type(exc).__name__}: {text}; local outputs are complete"
+        ) from None
+    return repo
 
 
 def write_seeds(out: Path, seeds: list[Seed]) -> None:

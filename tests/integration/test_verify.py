@@ -251,21 +251,6 @@ def test_outputs_load_with_datasets_and_messages_alternate(
     assert (out / "dataset.jsonl").read_bytes() == (again / "dataset.jsonl").read_bytes()
 
 
-def test_push_to_hub_offline_is_one_clear_line(
-    fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
-) -> None:
-    config = write_config(
-        role_lms(fake_llm.base_url), sample=3, publish={"push_to_hub": "someone/data"}
-    )
-    out = tmp_path / "out"
-    proc = run_cli(
-        "run", "--config", str(config), "--out", str(out), env={"HF_TOKEN": "hf_canary_123"}
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "HF_HUB_OFFLINE" in proc.stderr and "hf_canary_123" not in proc.stderr
-    assert (out / "dataset.parquet").exists() and (out / "README.md").exists()
-
-
 @pytest.mark.parametrize("hard", [["fidelity"], ["structure", "weak_flawed"]])
 def test_hard_check_names_are_validated(write_config: Callable[..., Path], hard: list) -> None:
     cfg = load_config(write_config(role_lms(CLOSED), quality={"hard": hard}), environ={})

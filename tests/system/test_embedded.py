@@ -94,3 +94,54 @@ def test_master_run_on_the_embedded_model_writes_valid_dialogues(tmp_path: Path)
     assert summary["lm"]["by_role"]["judge"]["calls"] == len(rows)
     assert (out / "README.md").exists() and (out / "plot_checks.png").exists()
     assert "Note." in (out / "report.md").read_text()
+
+
+NO_NETWORK = r"""
+import json, os, socket, sys
+attempts = []
+real_connect = socket.socket.connect
+
+def guarded(self, address):
+    if self.family != socket.AF_UNIX:
+        attempts.append(repr(address))
+        raise OSError("no network in this test")
+    return real_connect(self, address)
+
+socket.socket.connect = guarded
+from modules.runtime import setup
+setup()
+from huggingface_hub import hf_hub_download
+try:  # the guard catches a hub look-up: without local files, this one reaches out
+    hf_hub_download("sentence-transformers/all-MiniLM-L6-v2", "config.json",
+                    cache_dir=sys.argv[1])
+except Exception:
+    pass
+canary = len(attempts)
+attempts.clear()
+from flows.planning.retrieval import minilm_embedder
+from modules.lm import embedded
+shape = minilm_embedder()(["How many legs does a spider have?"]).shape
+loaded = embedded._load(512)
+switches = [os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")]
+print(json.dumps({"canary": canary, "attempts": attempts, "shape": list(shape),
+                  "vocab": loaded.llama.n_vocab(), "offline": switches}))
+"""
+
+
+def test_the_bundled_models_load_with_no_network_and_no_offline_switch(tmp_path: Path) -> None:
+    """MiniLM and SmolLM2 load from their installed files: no connection is attempted, with
+    HF_HUB_OFFLINE unset (nothing in the project sets it) and the Hub a closed port."""
+    drop = {"HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty hub cache: nothing to fall back on
+    done = subprocess.run(
+        [sys.executable, "-c", NO_NETWORK, str(tmp_path / "hub-cache")],
+        capture_output=True, text=True, cwd=PROJECT, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["canary"] > 0  # the guard sees a hub look-up when one is made
+    assert found["attempts"] == []
+    assert found["shape"] == [1, 384] and found["vocab"] > 0
+    assert found["offline"] == [None, None]

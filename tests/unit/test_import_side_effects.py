@@ -9,13 +9,17 @@ import os
 import subprocess
 import sys
 
-from conftest import PROJECT
+from conftest import OFFLINE_HUBS, PROJECT
 from modules.runtime import ENV_DEFAULTS
+
+HUB_SWITCHES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def _fresh_env() -> dict[str, str]:
-    """This process ran setup() (conftest): a child starts without what setup() set."""
-    return {k: v for k, v in os.environ.items() if k not in ENV_DEFAULTS}
+    """This process ran setup() (conftest) and set the hubs offline for the tests: a child
+    starts without either."""
+    drop = {*ENV_DEFAULTS, *OFFLINE_HUBS, *HUB_SWITCHES}
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 PROBE = r"""
@@ -60,10 +64,13 @@ def test_importing_every_package_changes_no_environment_and_patches_nothing() ->
 
 
 def test_setup_does_it_all_once() -> None:
+    """...and leaves the Hugging Face hubs as the user set them: a Hub upload or a `hf:`
+    source works without unsetting anything (the bundled models need no hub)."""
     probe = (
         "import os, dspy.adapters.base as b; from modules.runtime import setup; "
         "setup(); setup(); print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], "
-        "b.Adapter.format_system_message.__module__)"
+        "b.Adapter.format_system_message.__module__, "
+        f"*(os.environ.get(k, '-') for k in {HUB_SWITCHES!r}))"
     )
     env = _fresh_env()
     done = subprocess.run(
@@ -71,4 +78,5 @@ def test_setup_does_it_all_once() -> None:
         timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "modules.lm.dspy_internals"]
+    assert done.stdout.split() == ["True", "modules.lm.dspy_internals", "-", "-"]
+    assert not set(HUB_SWITCHES) & set(ENV_DEFAULTS)

@@ -1,0 +1,168 @@
+"""`publish.push_to_hub`: the upload sends the card and exactly the files it names, and those
+files load with `datasets.load_dataset`. The Hub is unreachable here: the tests record the
+calls made on huggingface_hub's client (a stand-in for HfApi that writes each commit into a
+local folder, the "repo") and load that folder as the Hub would serve it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+import polars as pl
+import pytest
+from huggingface_hub import CommitOperationAdd, DatasetCard, constants
+
+import flows.publish.writers as writers
+from conftest import role_lms, run_cli
+from fake_llm import FakeLLMServer
+from flows.core.config import load_config
+from flows.runs.pipeline import run_pipeline
+
+TOKEN = "hf_canary_5d1c9a7e3b"
+REPO = "someone/classroom"
+
+
+class RecordingHub:
+    """HfApi as push_to_hub uses it: every call recorded, each commit written to `repo`."""
+
+    def __init__(self, repo: Path, fail: Exception | None = None) -> None:
+        self.repo, self.fail = repo, fail
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, **kwargs: Any) -> RecordingHub:  # HfApi(token=...)
+        self.calls.append(("HfApi", kwargs))
+        return self
+
+    def create_repo(self, repo_id: str, **kwargs: Any) -> str:
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    def create_commit(self, repo_id: str, operations: list[Any], **kwargs: Any) -> None:
+        self.calls.append(("create_commit", {"repo_id": repo_id, "operations": operations}))
+        if self.fail:
+            raise self.fail
+        for op in operations:
+            assert isinstance(op, CommitOperationAdd)
+            target = self.repo / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(op.path_or_fileobj, target)
+
+    def uploaded(self) -> list[str]:
+        (commit,) = [kw for name, kw in self.calls if name == "create_commit"]
+        return [op.path_in_repo for op in commit["operations"]]
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordingHub:
+    recorder = RecordingHub(tmp_path / "repo")
+    monkeypatch.setattr(writers, "HfApi", recorder)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests set it (conftest)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return recorder
+
+
+def _run(write_config: Callable[..., Path], fake_llm: FakeLLMServer, out: Path) -> None:
+    config = write_config(role_lms(fake_llm.base_url), sample=6, publish={"push_to_hub": REPO})
+    run_pipeline(load_config(config, environ={}), out, embedder=None)
+
+
+def test_the_upload_is_the_card_and_exactly_the_files_it_names_and_it_loads(
+    hub: RecordingHub,
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    _run(write_config, fake_llm, out)
+
+    assert [name for name, _ in hub.calls] == ["HfApi", "create_repo", "create_commit"]
+    assert hub.calls[0][1] == {"token": TOKEN}  # from the variable publish.token_env names
+    assert hub.calls[1][1] == {
+        "repo_id": REPO, "repo_type": "dataset", "private": True, "exist_ok": True
+    }  # fmt: skip
+    uploaded = hub.uploaded()
+    card = DatasetCard.load(out / "README.md")
+    configured = [f["path"] for c in card.data.configs for f in c["data_files"]]
+    shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card.text)
+    assert configured == ["dataset.parquet"] and len(shown) == 3
+    # the data uploaded is exactly the card's configs' data files; beside them only the card
+    # and the images it shows
+    assert [p for p in uploaded if p != "README.md" and p not in shown] == configured
+    assert sorted(uploaded) == sorted(["README.md", *configured, *shown])
+    assert (hub.repo / "README.md").read_bytes() == (out / "README.md").read_bytes()
+
+    # the repo as uploaded loads with `datasets`, through the card's configs, to the run's rows
+    loaded = datasets.load_dataset(str(hub.repo), cache_dir=str(tmp_path / "hf-cache"))
+    assert list(loaded) == ["train"]
+    published = pl.read_parquet(out / "dataset.parquet")
+    assert loaded["train"].num_rows == published.height > 0
+    assert loaded["train"]["seed_id"] == published["seed_id"].to_list()
+    assert loaded["train"]["conversations"] == published["conversations"].to_list()
+    assert TOKEN not in caplog.text and TOKEN not in (out / "README.md").read_text()
+
+
+def test_a_failed_upload_is_one_line_without_the_token(
+    hub: RecordingHub, fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    hub.fail = RuntimeError(f"403 Forbidden\nfor token {TOKEN}\n  (details)")
+    out = tmp_path / "out"
+    with pytest.raises(writers.PublishError) as raised:
+        _run(write_config, fake_llm, out)
+    message = str(raised.value)
+    assert "\n" not in message and TOKEN not in message
+    assert REPO in message and "403 Forbidden" in message and "***" in message
+    for name in ("dataset.parquet", "README.md", "summary.json", "report.md"):
+        assert (out / name).is_file()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed once the socket is: connections are refused
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_a_push_that_cannot_reach_the_hub_is_one_clear_line(
+    offline: bool, fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = write_config(role_lms(fake_llm.base_url), sample=3, publish={"push_to_hub": REPO})
+    out = tmp_path / "out"
+    # the Hub is a closed port on loopback: no test reaches the network
+    hub_env = {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    hub_env["HF_HUB_OFFLINE"] = "1" if offline else "0"
+    proc = run_cli(
+        "run", "--config", str(config), "--out", str(out), env={"HF_TOKEN": TOKEN, **hub_env}
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: publish.push_to_hub {REPO}: ")
+    assert "local outputs are complete" in line and TOKEN not in proc.stderr
+    assert ("HF_HUB_OFFLINE" in line) is offline
+    for name in ("dataset.parquet", "README.md", "summary.json"):
+        assert (out / name).is_file()
+
+
+def test_a_run_with_no_rows_uploads_nothing(
+    hub: RecordingHub, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`datasets` cannot load a split with no rows: the push says so instead of uploading."""
+    from flows.core.config import PublishConfig
+    from flows.publish.card import card_data
+    from flows.publish.writers import push_to_hub, write_dataset
+
+    cfg = load_config(write_config(role_lms("http://127.0.0.1:9/v1")), environ={})
+    out = tmp_path / "empty"
+    out.mkdir()
+    write_dataset(out, [], cfg.publish)
+    DatasetCard(f"---\n{card_data(cfg, 0).to_yaml()}\n---\n# empty\n").save(out / "README.md")
+    with pytest.raises(writers.PublishError, match="no rows to publish"):
+        push_to_hub(out, PublishConfig(push_to_hub=REPO))
+    assert hub.calls == []
