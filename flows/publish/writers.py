@@ -14,17 +14,29 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets.arrow_reader import ArrowReader
 
 from flows.core.config import PublishConfig
 from flows.core.files import atomic_path, write_json
 from flows.core.records import Dialogue, Reject, Seed
+
+if TYPE_CHECKING:
+    import datasets
+
+
+def _datasets() -> Any:
+    """`datasets`, progress bars off. Imported where the hf/ folder, an empty dataset or a Hub
+    upload needs it: a run with save_to_disk off and a replay never load it (start-up time,
+    benchmarks/RESULTS.md)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
 
 BATCH = 1000  # rows per Arrow batch when writing the dataset
 
@@ -81,6 +93,7 @@ def llama_factory_entry(name: str) -> dict[str, Any]:
 
 def _empty_dataset() -> datasets.Dataset:
     """No row survived: still a loadable dataset with the columns a trainer reads."""
+    datasets = _datasets()
     turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
     message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
     features = datasets.Features(
@@ -105,7 +118,46 @@ def dataset_schema(rows: Iterable[dict[str, Any]], batch: int = BATCH) -> pa.Sch
     if not schemas:
         return None
     unified = pa.unify_schemas(schemas, promote_options="permissive")
-    return datasets.Features.from_arrow_schema(unified).arrow_schema
+    try:
+        features = {field.name: _feature(field.type) for field in unified}
+    except KeyError:  # a type our rows do not have: datasets converts it
+        return _datasets().Features.from_arrow_schema(unified).arrow_schema
+    return unified.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+#: datasets' dtype name of each plain Arrow type.
+_DTYPES = {
+    pa.null(): "null",
+    pa.bool_(): "bool",
+    pa.int8(): "int8",
+    pa.int16(): "int16",
+    pa.int32(): "int32",
+    pa.int64(): "int64",
+    pa.uint8(): "uint8",
+    pa.uint16(): "uint16",
+    pa.uint32(): "uint32",
+    pa.uint64(): "uint64",
+    pa.float16(): "float16",
+    pa.float32(): "float32",
+    pa.float64(): "float64",
+    pa.string(): "string",
+    pa.large_string(): "large_string",
+    pa.binary(): "binary",
+    pa.large_binary(): "large_binary",
+}
+
+
+def _feature(arrow_type: pa.DataType) -> Any:
+    """The `datasets` feature of an Arrow type, as Features.to_dict() writes it into a parquet
+    file's `huggingface` metadata (pinned against datasets by tests/unit/publish/
+    test_writers.py); KeyError for a type outside structs, lists and _DTYPES."""
+    if pa.types.is_struct(arrow_type):
+        return {field.name: _feature(field.type) for field in arrow_type}
+    if pa.types.is_list(arrow_type):
+        return {"feature": _feature(arrow_type.value_type), "_type": "List"}
+    if pa.types.is_large_list(arrow_type):
+        return {"feature": _feature(arrow_type.value_type), "_type": "LargeList"}
+    return {"dtype": _DTYPES[arrow_type], "_type": "Value"}
 
 
 def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -126,7 +178,6 @@ def write_dataset(
     `rows` is iterated twice (the schema first, then the files, a batch at a time), so a
     100,000-row dataset is never in memory: pass a list or a re-iterable view such as
     flows.publish.merge.PublishedRows. `on_row` sees each row as it is written."""
-    datasets.disable_progress_bars()
     schema = dataset_schema(rows)
     hf = publish.save_to_disk and schema is not None
     with (
@@ -163,6 +214,9 @@ def write_dataset(
                 arrow.close()
                 with parquet.open("rb") as fh:  # same rows, same fingerprint, in any folder
                     fingerprint = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+                datasets = _datasets()
+                from datasets.arrow_reader import ArrowReader
+
                 table = ArrowReader.read_table(f"{staging}/data.arrow", in_memory=False)
                 _save_to_disk(datasets.Dataset(table, fingerprint=fingerprint), out / "hf")
                 del table
@@ -193,6 +247,7 @@ def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
             f"publish.push_to_hub {publish.push_to_hub}: the Hub is offline "
             "(HF_HUB_OFFLINE=1); set HF_HUB_OFFLINE=0 to upload; local outputs are complete"
         )
+    datasets = _datasets()
     try:
         dataset = datasets.Dataset.from_parquet(str(out / "dataset.parquet"))
         dataset.push_to_hub(publish.push_to_hub, token=token, private=publish.private)
