@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -635,6 +636,73 @@ def bench_real_endpoint(seeds: int = 12) -> dict:
     return figures
 
 
+PEERS_BENCH = Path(os.environ.get("MASTER_PEERS_BENCH", ROOT.parent / "shared" / "peers-bench"))
+PEERS = ("raw-aiohttp", "dspy-async", "dspy-threads", "curator", "distilabel", "master")
+
+
+def bench_peers(seeds: int = 300, reps: int = 1) -> dict:
+    """`master run` beside a bare asyncio + aiohttp loop, DSPy, Curator and distilabel, in one
+    run of the shared side-by-side benchmark (its README): the same seeds x 3 calls against
+    one fake server (200 ms, 64 in flight), each tool as a whole process, cold (fresh cache)
+    and then warm (same cache, new process). `master` is this checkout's code. Start-up
+    targets: the cold process at most 1.25x the asyncio loop's, the warm rerun faster than
+    every other tool's, peak memory under 300 MB. A process wall is the peer's script under
+    /usr/bin/time: for master that script also reads the dataset back with polars."""
+    runner = PEERS_BENCH / "run.sh"
+    with tempfile.TemporaryDirectory() as tmp:
+        master = Path(tmp) / "bin" / "master"  # this checkout, whatever the venv points at
+        master.parent.mkdir()
+        master.write_text(
+            f'#!/bin/sh\nPYTHONPATH={ROOT} exec {Path(sys.executable).with_name("master")} "$@"\n'
+        )
+        master.chmod(0o755)
+        (master.parent / "python").symlink_to(sys.executable)  # its version look-up
+        venv = Path(os.environ.get("PEERS_VENV", "/tmp/peers-venv"))
+        env = {**os.environ, "MASTER_BIN": str(master)}
+        env.pop("PYTHONPATH", None)  # the peers run in their own venv
+        if (venv / "bin" / "python").exists():  # byte-compiled once, before any is timed
+            warm = "import aiohttp, dspy, distilabel.pipeline, bespokelabs.curator, polars"
+            subprocess.run([venv / "bin" / "python", "-c", warm], env=env, capture_output=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        results = Path(tmp) / "results"
+        done = subprocess.run(
+            [str(runner), "--reps", str(reps), "--n", str(seeds), "--port", str(port),
+             "--peers", ",".join(PEERS), "--results-dir", str(results)],
+            env=env, capture_output=True, text=True, timeout=3600,
+        )  # fmt: skip
+        print(done.stdout[-4000:], done.stderr[-2000:], flush=True)
+        raw = json.loads(next(results.glob("raw-*.json")).read_text())
+    summary = raw["summary"]
+
+    def per_peer(key: str) -> dict[str, float | None]:
+        return {p: summary[p][key] and round(summary[p][key], 2) for p in PEERS if p in summary}
+
+    cold, warm = per_peer("cold_proc_wall_s"), per_peer("warm_proc_wall_s")
+    # timed inside each peer's script; master's is its whole `master run` child process
+    warm_work = per_peer("warm_work_wall_s")
+    rss = per_peer("peak_tree_rss_mb")
+    others = [w for p, w in warm.items() if p != "master" and w is not None]
+    ratio = cold["master"] / cold["raw-aiohttp"] if cold["master"] and cold["raw-aiohttp"] else None
+    return {
+        "seeds": seeds,
+        "reps": reps,
+        "latency_s": raw["meta"]["latency_ms"] / 1000,
+        "concurrency": raw["meta"]["concurrency"],
+        "cold_process_s": cold,
+        "master_cold_vs_asyncio": ratio and round(ratio, 2),
+        "warm_rerun_process_s": warm,
+        "warm_rerun_work_s": warm_work,
+        "master_warm_fastest": bool(warm["master"] and all(warm["master"] < w for w in others)),
+        "peak_tree_rss_mb": rss,
+        "checks": {p: summary[p]["check"] for p in PEERS if p in summary},
+        "targets": "cold <= 1.25x the asyncio loop; warm under 1.5 s and faster than every "
+        "other tool's; peak RSS under 300 MB",
+        "command": f"python benchmarks/run.py --only peers  # {seeds} seeds, {reps} rep(s)",
+    }
+
+
 def bench_injection() -> dict:
     """Seeds that try to take over the roles, against an obedient fake model."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -655,6 +723,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "growth": bench_growth,
     "injection": bench_injection,
     "soak": bench_soak,
+    "peers": bench_peers,
 }
 
 

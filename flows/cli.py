@@ -335,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from flows.commands.verify_dataset import format_audit, run_audit
-    from modules.lm.factory import check_keys
+    from modules.lm.settings import check_keys
 
     cfg = _load(args)
     if not args.no_judge and cfg.quality.judge:
@@ -363,7 +363,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         optimize_scenario,
     )
     from flows.planning.jobs import ROLES_BY_SCENARIO
-    from modules.lm.factory import check_keys
+    from modules.lm.settings import check_keys
 
     cfg = _load(args)
     updates = {k: v for k, v in (("optimizer", args.optimizer), ("max_calls", args.max_calls)) if v}
@@ -464,7 +464,8 @@ def _endpoint(settings: object) -> str:
 
 
 def cmd_lm_check(args: argparse.Namespace) -> int:
-    from modules.lm.factory import LMConfigError, build_lm
+    from modules.lm.factory import build_lm
+    from modules.lm.settings import LMConfigError
 
     cfg = _load(args)
     failed = 0
@@ -493,6 +494,27 @@ def cmd_lm_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix, one line each. Imported once one is raised, not
+    before: `master run` does not load the optimizer, and its module is loaded by then."""
+    from flows.core.files import OutputLockedError
+    from flows.ingest.seeds import SeedSourceError
+    from flows.optimization.experiment import ExperimentError
+    from flows.publish.writers import PublishError
+    from modules.lm.embedded import EmbeddedModelError
+    from modules.lm.settings import LMConfigError
+
+    return (
+        ConfigError,
+        SeedSourceError,
+        LMConfigError,
+        EmbeddedModelError,
+        PublishError,
+        ExperimentError,
+        OutputLockedError,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -503,15 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["lm", "--help"])
     if args.command == "cache" and args.cache_command is None:
         parser.parse_args(["cache", "--help"])
-    setup()
+    # `run` leaves DSPy's patches to the pipeline: a replayed run never loads DSPy
+    setup(dspy=args.command != "run")
     _setup_logging(args.verbose)
-    from flows.core.files import OutputLockedError
-    from flows.ingest.seeds import SeedSourceError
-    from flows.optimization.experiment import ExperimentError
-    from flows.publish.writers import PublishError
-    from modules.lm.embedded import EmbeddedModelError
-    from modules.lm.factory import LMConfigError
-
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -528,15 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "optimize":
             return cmd_optimize(args)
         return cmd_lm_check(args)
-    except (
-        ConfigError,
-        SeedSourceError,
-        LMConfigError,
-        EmbeddedModelError,
-        PublishError,
-        ExperimentError,
-        OutputLockedError,
-    ) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.core.config import SCENARIOS, MasterConfig, Scenario, load_config
 from flows.optimization.experiment import compare, format_compare, optimize_lines, optimize_scenario
-from modules.lm.factory import check_keys
+from modules.lm.settings import check_keys
 from modules.runtime import setup
 
 

@@ -10,8 +10,10 @@ before any work. It sets, once per process:
   as the user set them (the bundled models load from their installed files, and a Hub upload
   or a `hf:` seed source needs the network);
 - glibc's heap trim threshold (``keep_heap_top``);
-- DSPy's speed patches (modules/lm/dspy_internals.py), and each repeated DSPy warning shown
-  once per process.
+- each repeated DSPy warning shown once per process;
+- DSPy's speed patches (modules/lm/dspy_internals.py). ``setup(dspy=False)`` leaves them,
+  and the import of DSPy, to a later ``setup()``: `master run` calls it once the run cache
+  missed, so a replayed run never loads DSPy.
 """
 
 from __future__ import annotations
@@ -47,21 +49,24 @@ M_TRIM_THRESHOLD = -1
 TRIM_THRESHOLD = 32 * 1024 * 1024
 
 _done = False
+_dspy_done = False
 
 
-def setup() -> None:
-    """Everything a process needs before it works with this project (idempotent)."""
-    global _done
-    if _done:
-        return
-    _done = True
-    for name, value in ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    keep_heap_top()
-    from modules.lm import dspy_internals
+def setup(dspy: bool = True) -> None:
+    """Everything a process needs before it works with this project (idempotent); with
+    dspy=False all but DSPy's patches (see the module docstring)."""
+    global _done, _dspy_done
+    if not _done:
+        _done = True
+        for name, value in ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        keep_heap_top()
+        show_repeated_warnings_once()
+    if dspy and not _dspy_done:
+        _dspy_done = True
+        from modules.lm import dspy_internals
 
-    dspy_internals.install()
-    show_repeated_warnings_once()
+        dspy_internals.install()
 
 
 class ShowOnce(logging.Filter):

@@ -9,18 +9,20 @@ source is automatic, costs a few milliseconds once per process, and errs on the 
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.util
 from functools import cache
 from pathlib import Path
 
 
 @cache
 def source_fingerprint(*module_names: str) -> str:
-    """sha256 over the named modules' source files (a package: every .py file below it)."""
+    """sha256 over the named modules' source files (a package: every .py file below it).
+    The modules are found, not imported (a replayed run fingerprints signatures/ without
+    loading DSPy)."""
     digest = hashlib.sha256()
     for name in sorted(module_names):
-        module = importlib.import_module(name)
-        origin = Path(module.__file__ or "")
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin if spec and spec.origin else "")
         files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
         for path in files:
             digest.update(str(path.relative_to(origin.parent)).encode())

@@ -4,26 +4,39 @@ partner), decided before any LM call."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.core.config import MasterConfig, Scenario
 from flows.core.records import Reject, Seed
-from flows.ingest.seeds import LoadResult
 from flows.planning.assign import assign_scenario, debate_rounds
-from flows.planning.retrieval import (
-    Embedder,
-    RetrievalMemory,
-    cached_embedder,
-    minilm_embedder,
-    pick_similar,
-)
 from modules.lm.settings import Role
+
+if TYPE_CHECKING:
+    from flows.ingest.seeds import LoadResult
+    from flows.planning.retrieval import Embedder
 
 ROLES_BY_SCENARIO: dict[str, tuple[Role, ...]] = {
     "error_correction": ("weak", "strong"),
     "debate": ("peer", "strong"),
     "analogy": ("strong",),
 }
+
+
+def judging(cfg: MasterConfig) -> bool:
+    return cfg.quality.enabled and cfg.quality.judge
+
+
+def roles_in_use(cfg: MasterConfig) -> tuple[Role, ...]:
+    """The roles the scenarios with a non-zero share need, and the judge when it runs."""
+    used = {
+        role
+        for scenario, weight in cfg.scenarios.proportions.items()
+        if weight > 0
+        for role in ROLES_BY_SCENARIO[scenario]
+    }
+    if judging(cfg):
+        used.add("judge")
+    return tuple(sorted(used))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -83,9 +96,19 @@ def partner_jobs(
 
     Partners are sticky: a choice made by an earlier run is kept while that partner is
     still in the pool, so adding seeds to a source never re-runs earlier analogy dialogues."""
+    if not analogy:
+        return [], []
+    # retrieval (numpy, diskcache, the embedder's model) is loaded when analogy seeds exist
+    from flows.planning.retrieval import (
+        RetrievalMemory,
+        cached_embedder,
+        minilm_embedder,
+        pick_similar,
+    )
+
     similar: dict[str, Any] = {}
     pool = retrieval_pool(loaded, cfg)
-    remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled and analogy else None
+    remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled else None
     try:
         if remembered is not None:
             similar = remembered.recall(analogy, pool)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modules.lm.call_cache import CallRecord
 from modules.lm.settings import ROLES, RoleLMs
+
+if TYPE_CHECKING:
+    from modules.lm.call_cache import CallRecord
 
 
 class CallTally:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any
 
 from flows.core.config import SCENARIOS
 from flows.core.files import atomic_path
 from flows.quality.lengths import counts_by, dialogue_lengths
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# matplotlib is imported by the functions that draw: a replay links to the stored plots and
+# never loads it (start-up time, benchmarks/RESULTS.md).
 
 PLOTS: dict[str, str] = {
     "plot_counts.png": "Dialogues per scenario and source",
@@ -66,6 +68,9 @@ def plots_markdown(paths: list[Path]) -> str:
 
 
 def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -78,6 +83,8 @@ def _say_empty(ax: Axes, message: str) -> None:
 
 
 def _counts_figure(rows: list[dict[str, Any]]) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     ax.set_title("Dialogues per scenario and source")
@@ -109,6 +116,8 @@ def _counts_figure(rows: list[dict[str, Any]]) -> Figure:
 
 
 def _lengths_figure(rows: list[dict[str, Any]]) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(10, 4)
     fig.suptitle("Dialogue lengths")
     turns_ax, tokens_ax = fig.subplots(1, 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.core.config import SCENARIOS
-from modules.lm.embedded import NOTICE
+from modules.lm.settings import NOTICE
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

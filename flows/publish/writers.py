@@ -14,14 +14,11 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets.arrow_reader import ArrowReader
-from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from flows.core.config import PublishConfig
 from flows.core.files import atomic_path, write_json, write_text
@@ -29,6 +26,20 @@ from flows.core.formats import assistant_weights
 from flows.core.records import Dialogue, Reject, Seed
 from flows.publish.card import CARD_FILE, card_files
 from flows.publish.paper_setup import lora_recipe
+
+if TYPE_CHECKING:
+    import datasets
+
+
+def _datasets() -> Any:
+    """`datasets`, progress bars off. Imported where the hf/ folder, an empty dataset or a Hub
+    upload needs it: a run with save_to_disk off and a replay never load it (start-up time,
+    benchmarks/RESULTS.md)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
 
 BATCH = 1000  # rows per Arrow batch when writing the dataset
 
@@ -86,6 +97,7 @@ def llama_factory_entry(name: str) -> dict[str, Any]:
 
 def _empty_dataset() -> datasets.Dataset:
     """No row survived: still a loadable dataset with the columns a trainer reads."""
+    datasets = _datasets()
     turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
     message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
     features = datasets.Features(
@@ -113,7 +125,46 @@ def dataset_schema(rows: Iterable[dict[str, Any]], batch: int = BATCH) -> pa.Sch
     if not schemas:
         return None
     unified = pa.unify_schemas(schemas, promote_options="permissive")
-    return datasets.Features.from_arrow_schema(unified).arrow_schema
+    try:
+        features = {field.name: _feature(field.type) for field in unified}
+    except KeyError:  # a type our rows do not have: datasets converts it
+        return _datasets().Features.from_arrow_schema(unified).arrow_schema
+    return unified.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+#: datasets' dtype name of each plain Arrow type.
+_DTYPES = {
+    pa.null(): "null",
+    pa.bool_(): "bool",
+    pa.int8(): "int8",
+    pa.int16(): "int16",
+    pa.int32(): "int32",
+    pa.int64(): "int64",
+    pa.uint8(): "uint8",
+    pa.uint16(): "uint16",
+    pa.uint32(): "uint32",
+    pa.uint64(): "uint64",
+    pa.float16(): "float16",
+    pa.float32(): "float32",
+    pa.float64(): "float64",
+    pa.string(): "string",
+    pa.large_string(): "large_string",
+    pa.binary(): "binary",
+    pa.large_binary(): "large_binary",
+}
+
+
+def _feature(arrow_type: pa.DataType) -> Any:
+    """The `datasets` feature of an Arrow type, as Features.to_dict() writes it into a parquet
+    file's `huggingface` metadata (pinned against datasets by tests/unit/publish/
+    test_writers.py); KeyError for a type outside structs, lists and _DTYPES."""
+    if pa.types.is_struct(arrow_type):
+        return {field.name: _feature(field.type) for field in arrow_type}
+    if pa.types.is_list(arrow_type):
+        return {"feature": _feature(arrow_type.value_type), "_type": "List"}
+    if pa.types.is_large_list(arrow_type):
+        return {"feature": _feature(arrow_type.value_type), "_type": "LargeList"}
+    return {"dtype": _DTYPES[arrow_type], "_type": "Value"}
 
 
 def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -137,7 +188,6 @@ def write_dataset(
     `rows` is iterated twice (the schema first, then the files, a batch at a time), so a
     100,000-row dataset is never in memory: pass a list or a re-iterable view such as
     flows.publish.merge.PublishedRows. `on_row` sees each row as it is written."""
-    datasets.disable_progress_bars()
     masking = publish.flawed_turns == "mask"
 
     def weighed(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -185,6 +235,9 @@ def write_dataset(
                 arrow.close()
                 with parquet.open("rb") as fh:  # same rows, same fingerprint, in any folder
                     fingerprint = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+                datasets = _datasets()
+                from datasets.arrow_reader import ArrowReader
+
                 table = ArrowReader.read_table(f"{staging}/data.arrow", in_memory=False)
                 _save_to_disk(datasets.Dataset(table, fingerprint=fingerprint), out / "hf")
                 del table
@@ -205,6 +258,13 @@ def hub_files(out: Path) -> list[str]:
     return [CARD_FILE, *card_files((out / CARD_FILE).read_text(encoding="utf-8"))]
 
 
+def hub_client(token: str) -> Any:
+    """huggingface_hub's HfApi, imported when a push needs it (start-up time)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
 def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
     """Upload the card and the files it names to the dataset repo publish.push_to_hub, in one
     commit, so `datasets.load_dataset(repo)` reads the rows the card describes."""
@@ -217,7 +277,9 @@ def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
             f"publish.push_to_hub: environment variable {publish.token_env} is not set "
             "(it must hold a Hugging Face write token)"
         )
-    if constants.is_offline_mode():
+    import huggingface_hub as hf_hub  # only a push needs it (start-up time)
+
+    if hf_hub.constants.is_offline_mode():
         raise PublishError(
             f"publish.push_to_hub {repo}: HF_HUB_OFFLINE is set in this environment, so "
             "nothing was uploaded; unset it to upload; local outputs are complete"
@@ -230,13 +292,13 @@ def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
         # `datasets` refuses a split with no rows: the repo would not load
         raise PublishError(f"publish.push_to_hub {repo}: no rows to publish, nothing uploaded")
     try:
-        api = HfApi(token=token)
+        api = hub_client(token)
         api.create_repo(repo, repo_type="dataset", private=publish.private, exist_ok=True)
         api.create_commit(
             repo,
             repo_type="dataset",
             operations=[
-                CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name))
+                hf_hub.CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name))
                 for name in files
             ],
             commit_message=f"MASTER: {publish.name} ({', '.join(files)})",

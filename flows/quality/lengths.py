@@ -11,8 +11,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import polars as pl
-
 # One estimated token per: run of letters, group of up to three digits, or single other
 # non-space character (punctuation, symbols, underscore). Common English words are one BPE
 # token and GPT-style tokenizers split numbers into groups of three digits and most
@@ -58,6 +56,8 @@ def length_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float
     Percentiles interpolate linearly (numpy's default), so they can be checked by hand. An empty
     run gives zeros rather than None/NaN so the report and JSON summary need no special case.
     """
+    import polars as pl  # loaded by the card and the plots only, not by a replay
+
     lengths = [dialogue_lengths(r) for r in rows]
     if not lengths:
         return {m: dict.fromkeys(STAT_NAMES, 0.0) for m in LENGTH_METRICS}
@@ -85,6 +85,8 @@ def counts_by(
     table without filling gaps; keys are sorted so the output is identical across reruns.
     A missing or null value is counted under "unknown" instead of failing the report.
     """
+    import polars as pl
+
     pairs = [{outer: _key(r.get(outer)), inner: _key(r.get(inner))} for r in rows]
     if not pairs:
         return {}

@@ -3,6 +3,11 @@
 `master run` calls `run_pipeline` (the driver with plain stage functions); the augment flow
 (flows/augment.py) calls the same driver with the same functions as Prefect tasks. Nothing
 here imports Prefect.
+
+A replay needs only the run cache and the report: the stages (seed loading, retrieval, DSPy,
+the simulation, the dataset writers, matplotlib) are imported where a missed replay runs them,
+and DSPy's patches installed then (modules.runtime.setup), so a replayed `master run` starts
+in a fraction of the time (benchmarks/RESULTS.md, start-up).
 """
 
 from __future__ import annotations
@@ -14,34 +19,26 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from flows.core.config import SCENARIOS, MasterConfig
 from flows.core.files import output_lock, write_json, write_text
 from flows.core.records import Reject
-from flows.ingest.seeds import LoadResult, load_more, load_seeds
-from flows.planning.jobs import Job, plan_jobs
-from flows.planning.retrieval import (
-    Embedder,
-)
-from flows.publish.card import render_card
-from flows.publish.collect import Collected, in_order
+from flows.planning.jobs import Job, plan_jobs, roles_in_use
 from flows.publish.merge import PublishedRows, merge_refs, standing_in
-from flows.publish.plots import PLOTS, plots_markdown, write_plots
+from flows.publish.plots import PLOTS, plots_markdown
 from flows.publish.report import render_report
 from flows.publish.spill import clear_spills, spill_folder
-from flows.publish.writers import push_to_hub, write_dataset, write_rejects
-from flows.quality.lengths import row_shape
-from flows.runs.backfill import resimulate
-from flows.runs.progress import Progress
 from flows.runs.run_cache import RunStore, run_key
-from flows.runs.shards import roles_in_use, simulate_jobs
-from flows.simulation.saved_programs import configured_programs
-from modules.lm.factory import check_keys
-from modules.scenarios.judge import Judge
-from modules.scenarios.registry import program_version
+from flows.simulation.saved_programs import version_prints
+from modules.lm.settings import check_keys
+from modules.runtime import setup
+
+if TYPE_CHECKING:
+    from flows.ingest.seeds import LoadResult
+    from flows.planning.retrieval import Embedder
+    from flows.publish.collect import Collected
+    from flows.runs.progress import Progress
 
 log = logging.getLogger("master")
 
@@ -78,6 +75,12 @@ def publish(
 
     The rows are read back from the spill in published order, a batch at a time. With a run
     key (flows/runs/run_cache.py) a settled run's outputs are stored for replay."""
+    from flows.publish.card import render_card
+    from flows.publish.collect import in_order
+    from flows.publish.plots import write_plots
+    from flows.publish.writers import push_to_hub, write_dataset, write_rejects
+    from flows.quality.lengths import row_shape
+
     storing = key is not None and collected.settled
     failed = [*plan_rejects, *in_order(collected.failed)]
     stopped = in_order(collected.stopped)
@@ -150,16 +153,29 @@ def publish(
     write_text(out / "README.md", card)
     write_json(out / "summary.json", summary)
     if storing:
-        _remember(cfg, out, key, summary, collected)  # type: ignore[arg-type]
+        _remember(cfg, out, key, summary, collected, samples)  # type: ignore[arg-type]
     push_to_hub(out, cfg.publish)
     return summary
 
 
+#: what report.md shows of a scenario's first row, kept with a stored run for its replay
+SAMPLE_FIELDS = ("scenario", "seed_id", "source", "turns")
+
+
 def _remember(
-    cfg: MasterConfig, out: Path, key: str, summary: dict[str, Any], collected: Collected
+    cfg: MasterConfig,
+    out: Path,
+    key: str,
+    summary: dict[str, Any],
+    collected: Collected,
+    samples: list[dict[str, Any]],
 ) -> None:
-    # what a replay reports: every call this run made or reused, now a cache hit
-    body = {"summary": summary, "lm_replayed": collected.calls.block(cfg.lms, all_cached=True)}
+    body = {
+        "summary": summary,
+        # what a replay reports: every call this run made or reused, now a cache hit
+        "lm_replayed": collected.calls.block(cfg.lms, all_cached=True),
+        "samples": [{k: row.get(k) for k in SAMPLE_FIELDS} for row in samples],
+    }
     try:
         RunStore(cfg.cache.dir, cfg.cache.keep_runs).remember(key, out, body)
     except OSError as exc:  # the outputs are written; only the next run's shortcut is lost
@@ -168,6 +184,10 @@ def _remember(
 
 def program_versions(cfg: MasterConfig) -> dict[str, str]:
     """The version of every program a run may use (scenarios and judge), without any LM."""
+    from flows.simulation.saved_programs import configured_programs
+    from modules.scenarios.judge import Judge
+    from modules.scenarios.registry import program_version
+
     programs = configured_programs({}, cfg.scenarios.programs, cfg.optimize.programs_dir)
     versions = {name: program_version(p) for name, p in programs.items()}
     return {**versions, "judge": program_version(Judge())}
@@ -184,20 +204,27 @@ def replay(cfg: MasterConfig, out: Path, key: str | None, started: float) -> dic
     if stored is None:
         return None
     summary = {**stored["summary"], "lm": stored["lm_replayed"], "run_cache": "hit"}
-    sample = (
-        pl.scan_parquet(out / "dataset.parquet")
-        .select("scenario", "seed_id", "source", "turns")
-        .group_by("scenario", maintain_order=True)
-        .first()
-        .collect()
-        .to_dicts()
-    )
+    sample = stored.get("samples")
+    if sample is None:  # stored before the samples were kept
+        import polars as pl
+
+        sample = (
+            pl.scan_parquet(out / "dataset.parquet")
+            .select(*SAMPLE_FIELDS)
+            .group_by("scenario", maintain_order=True)
+            .first()
+            .collect()
+            .to_dicts()
+        )
     embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
     images = plots_markdown([out / name for name in PLOTS if (out / name).exists()])
     summary["elapsed_s"] = round(time.monotonic() - started, 3)
     write_text(out / "report.md", render_report(summary, sample, embedded, str(out), images))
     write_json(out / "summary.json", summary)
-    push_to_hub(out, cfg.publish)
+    if cfg.publish.push_to_hub:
+        from flows.publish.writers import push_to_hub
+
+        push_to_hub(out, cfg.publish)
     log.info("inputs unchanged since a stored run: its outputs restored, no LM call made")
     return summary
 
@@ -209,12 +236,20 @@ def replay_run(
     embedder: Embedder | None,
     started: float,
 ) -> tuple[str | None, dict[str, Any] | None]:
-    """The run's key, and the summary of a stored run with exactly these inputs, restored."""
-    key = run_key(cfg, program_versions(cfg), seed_paths, embedder)
+    """The run's key, and the summary of a stored run with exactly these inputs, restored.
+
+    The programs enter the key by their saved files (version_prints), not by building them:
+    a replay never loads DSPy. A missing saved version is named by building them."""
+    versions = version_prints(cfg.scenarios.programs, cfg.optimize.programs_dir)
+    if versions is None:
+        versions = program_versions(cfg)  # raises the ConfigError that names the missing file
+    key = run_key(cfg, versions, seed_paths, embedder)
     return key, replay(cfg, out, key, started)
 
 
 def load_stage(cfg: MasterConfig, seed_paths: list[str] | None) -> LoadResult:
+    from flows.ingest.seeds import load_seeds
+
     loaded = load_seeds(cfg.seeds, seed_paths)
     log.info(
         "kept %d seeds of %d rows (%d rejected, %d duplicates, %d contaminated)",
@@ -234,7 +269,19 @@ def load_more_stage(
     wanted: dict[str, int],
     round_: int,
 ) -> LoadResult:
+    """flows/ingest/seeds.py:load_more (merge.backfill: resimulate), imported when used."""
+    from flows.ingest.seeds import load_more
+
     return load_more(cfg.seeds, seed_paths, taken, wanted, round_)
+
+
+def simulate_stage(
+    jobs: list[Job], cfg: MasterConfig, spill: Path, progress: Progress | None = None
+) -> Collected:
+    """flows/runs/shards.py:simulate_jobs, imported when a run simulates."""
+    from flows.runs.shards import simulate_jobs
+
+    return simulate_jobs(jobs, cfg, spill, progress)
 
 
 @dataclass(frozen=True)
@@ -248,7 +295,7 @@ class Stages:
     load: Callable[..., LoadResult] = load_stage
     load_more: Callable[..., LoadResult] = load_more_stage
     plan: Callable[..., tuple[list[Job], list[Reject]]] = plan_jobs
-    simulate: Callable[[list[Job], MasterConfig, Path], Collected] = simulate_jobs
+    simulate: Callable[[list[Job], MasterConfig, Path], Collected] = simulate_stage
     publish: Callable[..., dict[str, Any]] = publish
 
 
@@ -268,11 +315,14 @@ def drive(
         key, replayed = stages.replay(cfg, out, seed_paths, embedder, started)
         if replayed is not None:
             return RunResult(out=out, summary=replayed)
+        setup()  # DSPy's patches, before its programs run (a replay has none to run)
         loaded = stages.load(cfg, seed_paths)
         jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
         try:
             collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
             if cfg.merge.backfill == "resimulate":
+                from flows.runs.backfill import resimulate
+
                 plan_rejects += resimulate(
                     cfg, out, seed_paths, embedder, stages, loaded, collected
                 )
@@ -291,5 +341,5 @@ def run_pipeline(
 ) -> RunResult:
     """The whole job in this process: what `master run` does. Every seed simulated is added
     to `progress` and counted in it as it finishes (flows/runs/progress.py)."""
-    stages = Stages(simulate=functools.partial(simulate_jobs, progress=progress))
+    stages = Stages(simulate=functools.partial(simulate_stage, progress=progress))
     return drive(cfg, Path(out or cfg.run.out), seed_paths, embedder, stages)

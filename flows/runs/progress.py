@@ -14,12 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flows.core.config import MasterConfig
+from flows.planning.jobs import roles_in_use
 from flows.publish.accounting import CallTally
-from flows.publish.collect import UNFINISHED
-from flows.runs.shards import roles_in_use
-from flows.simulation.simulate import Outcome
+
+if TYPE_CHECKING:
+    from flows.simulation.simulate import Outcome
 
 #: role -> (USD per million input tokens, USD per million output tokens)
 Prices = Mapping[str, tuple[float, float]]
@@ -121,6 +123,8 @@ class Progress:
     def kind(outcome: Outcome) -> str:
         """accepted, rejected (quality filter), failed or unfinished, as Collected counts."""
         if outcome.reject is not None:
+            from flows.publish.collect import UNFINISHED  # loaded with the simulation
+
             return "unfinished" if outcome.reject.stage in UNFINISHED else "failed"
         if outcome.dialogue is not None and not outcome.dialogue.quality.get("accepted", True):
             return "rejected"

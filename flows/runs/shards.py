@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows.core.config import MasterConfig
 from flows.core.records import Reject
-from flows.planning.jobs import ROLES_BY_SCENARIO, Job
+from flows.planning.jobs import ROLES_BY_SCENARIO, Job, judging
 from flows.publish.collect import UNFINISHED, Collected
 from flows.quality.verification import averify_outcome, verdict_book, verify_outcomes
 from flows.simulation.dialogue_cache import DialogueStore
@@ -20,7 +20,6 @@ from flows.simulation.simulate import Outcome, stream
 from modules.lm.budget import BUDGET_SPENT, CallBudget
 from modules.lm.call_cache import CallStore
 from modules.lm.factory import build_role_lms
-from modules.lm.settings import Role
 from modules.scenarios.judge import Judge
 from modules.scenarios.registry import build_judge, role_adapters
 
@@ -28,23 +27,6 @@ if TYPE_CHECKING:
     from flows.runs.progress import Progress
 
 log = logging.getLogger("master")
-
-
-def judging(cfg: MasterConfig) -> bool:
-    return cfg.quality.enabled and cfg.quality.judge
-
-
-def roles_in_use(cfg: MasterConfig) -> tuple[Role, ...]:
-    """The roles the scenarios with a non-zero share need, and the judge when it runs."""
-    used = {
-        role
-        for scenario, weight in cfg.scenarios.proportions.items()
-        if weight > 0
-        for role in ROLES_BY_SCENARIO[scenario]
-    }
-    if judging(cfg):
-        used.add("judge")
-    return tuple(sorted(used))  # type: ignore[arg-type]
 
 
 def new_budget(cfg: MasterConfig, share: float = 1.0) -> CallBudget | None:

@@ -10,18 +10,22 @@ and the cache sees exactly which roles' prompts changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import dspy
-from dspy.utils.saving import get_dependency_versions
+from typing import TYPE_CHECKING, Any
 
 from flows.core.config import PROJECT_ROOT, ConfigError
 from flows.core.files import write_json
-from modules.scenarios.agents import AdapterName
-from modules.scenarios.registry import build_programs, program_version
+
+if TYPE_CHECKING:
+    import dspy
+
+    from modules.scenarios.agents import AdapterName
+
+# DSPy and the programs are imported by the functions that build or save one: a replayed run
+# names its programs with version_prints and never loads DSPy.
 
 PROGRAMS_DIR = PROJECT_ROOT / "data" / "programs"
 BASELINE = "baseline"
@@ -57,6 +61,10 @@ def save_version(
     program: dspy.Module, scenario: str, meta: dict[str, Any], root: Path | None = None
 ) -> str:
     """Write <root>/<scenario>/<version>.json (DSPy state) and <version>.meta.json."""
+    from dspy.utils.saving import get_dependency_versions
+
+    from modules.scenarios.registry import program_version
+
     version = program_version(program)
     folder = (root or PROGRAMS_DIR) / scenario
     state = program_state(program)
@@ -106,8 +114,30 @@ def configured_programs(
     adapters: Mapping[str, AdapterName] | None = None,
 ) -> dict[str, dspy.Module]:
     """The scenario programs on these LMs and adapters, at the versions the config names."""
+    from modules.scenarios.registry import build_programs
+
     programs = build_programs(lms, adapters)
     root = programs_dir(programs_root)
     for scenario, version in versions.items():
         programs[scenario] = load_version(programs[scenario], scenario, version, root)  # type: ignore[index]
     return programs  # type: ignore[return-value]
+
+
+def version_prints(
+    versions: Mapping[str, str], programs_root: str | None = None
+) -> dict[str, str] | None:
+    """What makes each configured program what it is, without building one: a saved version is
+    its file's sha256; the baseline is declared by our source and DSPy's version, which a run
+    key holds anyway. None if a saved version's file is missing (building says which)."""
+    root = programs_dir(programs_root)
+    prints = {}
+    for scenario, version in sorted(versions.items()):
+        if version == BASELINE:
+            prints[scenario] = BASELINE
+            continue
+        path = root / scenario / f"{version}.json"
+        try:
+            prints[scenario] = f"{version}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+        except OSError:
+            return None
+    return prints

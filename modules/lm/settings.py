@@ -6,6 +6,7 @@ modules never import flows. The full run configuration in ``flows.core.config`` 
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Literal
 
@@ -16,6 +17,11 @@ ROLES: tuple[Role, ...] = ("weak", "peer", "strong", "judge")
 
 #: The model id that selects the in-process SmolLM2-135M-Instruct (llama.cpp).
 EMBEDDED_MODEL = "embedded/smollm2-135m-instruct"
+NOTICE = (
+    "Using the embedded SmolLM2-135M-Instruct model: it demonstrates the pipeline end to end, "
+    "but its dialogues are poor. For useful data, point the roles at a real endpoint "
+    "(see data/profiles/paper.yaml)."
+)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -99,3 +105,18 @@ class RoleLMs(BaseModel):
 
     def items(self) -> list[tuple[Role, LMSettings]]:
         return [(role, self.for_role(role)) for role in ROLES]
+
+
+class LMConfigError(Exception):
+    """A role's LM cannot be built (for example its key variable is unset): one clear line."""
+
+
+def check_keys(lms: RoleLMs, roles: tuple[Role, ...]) -> None:
+    """Fail before any work if a role's key variable is unset, not minutes into a run."""
+    for role in roles:
+        settings = lms.for_role(role)
+        if settings.api_key_env and not os.environ.get(settings.api_key_env):
+            raise LMConfigError(
+                f"role {role}: environment variable {settings.api_key_env} is not set "
+                f"(it must hold the API key for {settings.model})"
+            )

@@ -46,7 +46,9 @@ def test_changing_the_teacher_instructions_reruns_only_teacher_and_later_turns(
     config, summary = first_run
     changed = TeacherCritique.with_instructions(TeacherCritique.instructions + " Be encouraging.")
     monkeypatch.setattr(modules.scenarios.error_correction, "TeacherCritique", changed)
-    second = _run(config, embedder, tmp_path / "second").summary
+    # a patch in memory is not an edit of signatures/ (which the run key fingerprints), so
+    # the run cache is bypassed: this is about the call cache
+    second = _run(config, embedder, tmp_path / "second", CACHE__REPLAY_RUNS="false").summary
     n_ec = summary["dialogues"]["error_correction"]
     assert n_ec > 0
     # the weak student's turn comes first and is reused; teacher and revision are re-run

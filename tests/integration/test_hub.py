@@ -61,7 +61,7 @@ class RecordingHub:
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordingHub:
     recorder = RecordingHub(tmp_path / "repo")
-    monkeypatch.setattr(writers, "HfApi", recorder)
+    monkeypatch.setattr(writers, "hub_client", lambda token: recorder(token=token))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests set it (conftest)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     return recorder

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,9 +13,9 @@ import polars as pl
 import pytest
 import yaml
 
-import flows.runs.pipeline
+import flows.ingest.seeds
 import flows.runs.run_cache
-from conftest import role_lms
+from conftest import PROJECT, role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
 from flows.runs.pipeline import run_pipeline
@@ -65,7 +67,7 @@ def test_an_unchanged_rerun_restores_the_outputs_without_loading_anything(
     def no_loading(*args, **kwargs):
         raise AssertionError("a replay loads no seeds")
 
-    monkeypatch.setattr(flows.runs.pipeline, "load_seeds", no_loading)
+    monkeypatch.setattr(flows.ingest.seeds, "load_seeds", no_loading)
     again = _run(config, embedder, tmp_path / "again")
     assert again["run_cache"] == "hit" and fake_llm.request_count == 0
     assert again["lm"]["calls"] == 0 and again["lm"]["cache_hits"] == first["lm"]["calls"]
@@ -145,3 +147,59 @@ def test_other_code_or_a_smaller_keep_prunes_and_misses(
     assert pl.read_parquet(tmp_path / "b" / "dataset.parquet").equals(
         pl.read_parquet(tmp_path / "a" / "dataset.parquet")
     )
+
+
+#: what a replayed `master run` never imports (start-up time, benchmarks/RESULTS.md)
+UNNEEDED_ON_REPLAY = (
+    "dspy",
+    "datasets",
+    "matplotlib",
+    "torch",
+    "sentence_transformers",
+    "polars",
+    "flows.optimization",
+    "flows.ingest.seeds",
+    "flows.runs.shards",
+)
+REPLAY_PROBE = """
+import json, sys
+from flows.cli import main
+code = main(["run", "--config", sys.argv[1]])
+print(json.dumps({"code": code, "loaded": [m for m in sys.argv[2:] if m in sys.modules]}))
+"""
+
+
+def test_a_replayed_master_run_imports_neither_dspy_nor_the_stages(
+    config: Path, fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["scenarios"] = {"proportions": {"error_correction": 1, "debate": 0, "analogy": 0}}
+    config.write_text(yaml.safe_dump(data))
+    first = run_cli("run", "--config", str(config))
+    assert first.returncode == 0, first.stderr[-3000:]
+    fake_llm.reset()
+    again = subprocess.run(
+        [sys.executable, "-c", REPLAY_PROBE, str(config), *UNNEEDED_ON_REPLAY],
+        capture_output=True, text=True, cwd=PROJECT, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    found = json.loads(again.stdout.strip().splitlines()[-1])
+    assert found == {"code": 0, "loaded": []}
+    assert fake_llm.request_count == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["run_cache"] == "hit"
+
+
+def test_saved_program_versions_enter_the_key_by_their_files(tmp_path: Path) -> None:
+    from flows.simulation.saved_programs import version_prints
+
+    saved = tmp_path / "debate" / "v1.json"
+    saved.parent.mkdir()
+    saved.write_text('{"a": 1}')
+    versions = {"debate": "v1", "analogy": "baseline"}
+    first = version_prints(versions, str(tmp_path))
+    assert first is not None and first["analogy"] == "baseline"
+    saved.write_text('{"a": 2}')  # the same name, other demos: another key
+    assert version_prints(versions, str(tmp_path)) != first
+    saved.unlink()  # missing: the driver builds the programs, which names the file
+    assert version_prints(versions, str(tmp_path)) is None

@@ -80,3 +80,29 @@ def test_setup_does_it_all_once() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "modules.lm.dspy_internals", "-", "-"]
     assert not set(HUB_SWITCHES) & set(ENV_DEFAULTS)
+
+
+#: loaded where a path needs them, never by importing the CLI or the pipeline driver
+HEAVY = (
+    "dspy",
+    "datasets",
+    "matplotlib",
+    "torch",
+    "sentence_transformers",
+    "flows.optimization",
+    "flows.runs.shards",
+)
+
+
+def test_the_cli_and_the_pipeline_driver_import_no_heavy_library() -> None:
+    probe = (
+        "import sys, json, flows.cli, flows.runs.pipeline, flows.runs.progress, "
+        "flows.publish.writers, flows.publish.plots; "
+        "print(json.dumps([m for m in sys.argv[1:] if m in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *HEAVY], capture_output=True, text=True, cwd=PROJECT,
+        env=_fresh_env(), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
