@@ -32,6 +32,7 @@ from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_e
 
 from modules.lm.canonical import canonical_json, orjson_exact
 from modules.lm.grammar import header, output_fields
+from modules.lm.settings import EMBEDDED_DECODING
 
 #: 2: keys built from request_fields (fields we own) and responses stored as response_fields.
 CACHE_FORMAT = 2
@@ -71,6 +72,8 @@ def request_fields(request: Request) -> dict[str, Any]:
         value = getattr(config, name, None)
         if value not in (None, (), {}):
             sampling[name] = list(value) if isinstance(value, tuple) else value
+    if request.model.startswith("embedded/"):  # the embedded engine's own decoding settings
+        sampling["decoding"] = dict(EMBEDDED_DECODING)
     return {
         "model": request.model,
         "system": prompt_text(request.system),

@@ -22,7 +22,7 @@ from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_e
 
 from modules.lm.call_cache import prompt_text
 from modules.lm.grammar import CHAT_COMPLETED, close_truncated, gbnf_for, output_fields
-from modules.lm.settings import NOTICE
+from modules.lm.settings import EMBEDDED_DECODING, NOTICE
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class EmbeddedEngine:
                 max_tokens=cfg.max_tokens or 256,
                 grammar=grammar,
                 seed=_sampling_seed(request, messages),
+                **EMBEDDED_DECODING,
             )
         choice = raw["choices"][0]
         text = choice["message"]["content"] or ""

@@ -23,6 +23,13 @@ NOTICE = (
     "(see data/profiles/paper.yaml)."
 )
 
+#: How the embedded engine decodes besides a role's temperature and max_tokens. Without a
+#: repeat penalty (llama-cpp-python's chat default is 1.0) the 135M model falls into loops
+#: ("The Lion King, The Lion King, ...") until its token limit; Ollama's default is 1.1, and
+#: 1.15 broke the loops of the bundled demo. Part of the embedded model's identity: it is in
+#: the fingerprint (dialogue cache) and in every call key (call cache) of an embedded role.
+EMBEDDED_DECODING: dict[str, float] = {"repeat_penalty": 1.15}
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -80,7 +87,7 @@ class LMSettings(BaseModel):
 
     def fingerprint(self) -> dict[str, object]:
         """What changes a model's answers; timeouts and prices deliberately do not count."""
-        return {
+        found: dict[str, object] = {
             "model": self.model,
             "api_base": self.api_base,
             "temperature": self.temperature,
@@ -88,6 +95,9 @@ class LMSettings(BaseModel):
             "adapter": self.adapter,
             "structured_output": self.structured_output,
         }
+        if self.is_embedded:
+            found["decoding"] = dict(EMBEDDED_DECODING)
+        return found
 
 
 class RoleLMs(BaseModel):

@@ -13,6 +13,7 @@ from dspy.lm15 import Config, Message, Request
 
 from modules.lm.call_cache import CACHE_FORMAT, SafeJSONDisk, call_key, request_fields
 from modules.lm.canonical import canonical_json, orjson_exact
+from modules.lm.settings import EMBEDDED_DECODING, EMBEDDED_MODEL, LMSettings
 
 
 def _reference(data: Any) -> str:
@@ -104,6 +105,19 @@ def test_a_call_key_is_built_from_fields_we_own_and_is_pinned() -> None:
     payload = {"v": CACHE_FORMAT, "request": data, "rollout": 2}
     expected = hashlib.sha256(_reference(payload).encode("utf-8")).hexdigest()
     assert call_key(request, 2) == expected == PINNED_KEY
+
+
+def test_the_embedded_engines_decoding_is_in_its_call_keys_and_fingerprint() -> None:
+    """The embedded engine decodes with settings no request carries (a repeat penalty): they
+    are in its calls' keys and its role's fingerprint, so changing them recomputes its calls
+    and dialogues instead of serving ones decoded otherwise; other models' keys are as before."""
+    config = Config(temperature=0.8, max_tokens=160)
+    embedded = Request(model=EMBEDDED_MODEL, messages=(Message.user("hi"),), config=config)
+    remote = Request(model="openai/weak", messages=(Message.user("hi"),), config=config)
+    assert request_fields(embedded)["sampling"]["decoding"] == EMBEDDED_DECODING
+    assert "decoding" not in request_fields(remote)["sampling"]
+    assert LMSettings(model=EMBEDDED_MODEL).fingerprint()["decoding"] == EMBEDDED_DECODING
+    assert "decoding" not in LMSettings(model="openai/weak").fingerprint()
 
 
 def test_cache_values_round_trip_and_older_rows_still_read(tmp_path: Path) -> None:
