@@ -28,11 +28,11 @@ def test_augment_flow_writes_outputs_and_artifacts(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    import flows.planning.jobs
+    import flows.planning.retrieval
     from conftest import hashing_embedder
     from flows.augment import augment
 
-    monkeypatch.setattr(flows.planning.jobs, "minilm_embedder", lambda: hashing_embedder)
+    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
     config = write_config(role_lms(fake_llm.base_url), sample=6, run={"shard_size": 2})
     out = tmp_path / "flow-out"
     summary = augment(config_path=str(config), out=str(out))
@@ -82,13 +82,13 @@ def test_the_augment_flow_runs_a_saved_program_version(
 ) -> None:
     import dspy
 
-    import flows.planning.jobs
+    import flows.planning.retrieval
     from conftest import hashing_embedder
     from flows.augment import augment
     from flows.simulation.saved_programs import save_version
     from modules.scenarios.registry import build_programs
 
-    monkeypatch.setattr(flows.planning.jobs, "minilm_embedder", lambda: hashing_embedder)
+    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
     program = build_programs({})["debate"]
     program.student_c.predict.demos = [
         dspy.Example(question="1+1?", reference="2", dialogue="A: 3", summary="It is 2.")
