@@ -7,7 +7,9 @@ ends in one line per problem on stderr and a non-zero exit code, never a traceba
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -516,6 +518,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # At exit, once the handlers the command registers have run, every object left is frozen:
+    # the interpreter's teardown frees them without the collector's passes over the whole
+    # heap of the loaded libraries (benchmarks/decisions.md). Python never promised
+    # finalizers for objects still alive at exit, so nothing else changes.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

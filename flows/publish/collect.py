@@ -10,19 +10,32 @@ Dask worker) returns its own and the flow merges them (`merge`).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from flows.core.records import Reject
+from flows.core.records import Dialogue, Reject, Seed
 from flows.planning.jobs import ROLES_BY_SCENARIO
 from flows.publish.accounting import CallTally
 from flows.publish.merge import row_ref
 from flows.publish.spill import RowRef, RowSpill
-from flows.publish.writers import dataset_row
 from flows.quality.checks import PassTally
 from flows.quality.verification import quality_reject
 from flows.simulation.simulate import Outcome, settled
 from modules.scenarios.judge import UNJUDGED
+
+
+def dataset_row(dialogue: Dialogue, seed: Seed | None) -> dict[str, Any]:
+    """A dialogue as a published row: its fields, its seed's question and reference, and the
+    provenance as a JSON string (its keys vary with the scenario and the roles it used)."""
+    row = dialogue.model_dump(mode="json", by_alias=True)
+    row["question"] = seed.question if seed else None
+    row["reference"] = seed.reference if seed else None
+    row["similar_seed_id"] = dialogue.provenance.get("similar_seed_id")  # analogy's partner
+    row["provenance"] = json.dumps(row["provenance"], sort_keys=True)
+    return row
+
 
 #: Reject stages that are work left for the next run, not failures.
 UNFINISHED = ("budget", "breaker")

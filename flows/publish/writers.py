@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from flows.core.config import PublishConfig
 from flows.core.files import atomic_path, write_json, write_text
 from flows.core.formats import assistant_weights
-from flows.core.records import Dialogue, Reject, Seed
+from flows.core.records import Reject, Seed
 from flows.publish.card import CARD_FILE, card_files
 from flows.publish.paper_setup import lora_recipe
 
@@ -52,17 +52,6 @@ REJECT_SCHEMA = {
     "detail": pl.String,
     "checks": pl.String,
 }
-
-
-def dataset_row(dialogue: Dialogue, seed: Seed | None) -> dict[str, Any]:
-    """A dialogue as a published row: its fields, its seed's question and reference, and the
-    provenance as a JSON string (its keys vary with the scenario and the roles it used)."""
-    row = dialogue.model_dump(mode="json", by_alias=True)
-    row["question"] = seed.question if seed else None
-    row["reference"] = seed.reference if seed else None
-    row["similar_seed_id"] = dialogue.provenance.get("similar_seed_id")  # analogy's partner
-    row["provenance"] = json.dumps(row["provenance"], sort_keys=True)
-    return row
 
 
 def _save_to_disk(dataset: datasets.Dataset, target: Path) -> None:

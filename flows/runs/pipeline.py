@@ -7,7 +7,8 @@ here imports Prefect.
 A replay needs only the run cache and the report: the stages (seed loading, retrieval, DSPy,
 the simulation, the dataset writers, matplotlib) are imported where a missed replay runs them,
 and DSPy's patches installed then (modules.runtime.setup), so a replayed `master run` starts
-in a fraction of the time (benchmarks/RESULTS.md, start-up).
+in a fraction of the time (benchmarks/RESULTS.md, start-up). A run that simulates imports the
+publish stage's libraries on a background thread meanwhile (flows/runs/prewarm.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from flows.publish.merge import PublishedRows, merge_refs, standing_in
 from flows.publish.plots import PLOTS, plots_markdown
 from flows.publish.report import render_report
 from flows.publish.spill import clear_spills, spill_folder
+from flows.runs.prewarm import prewarm
 from flows.runs.run_cache import RunStore, run_key
 from flows.simulation.saved_programs import version_prints
 from modules.lm.settings import check_keys
@@ -318,6 +320,7 @@ def drive(
         setup()  # DSPy's patches, before its programs run (a replay has none to run)
         loaded = stages.load(cfg, seed_paths)
         jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
+        prewarm()  # publish's imports, made while the simulation waits on the network
         try:
             collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
             if cfg.merge.backfill == "resimulate":

@@ -9,13 +9,17 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 import polars as pl
+import pytest
 
+import flows.runs.pipeline
+import flows.runs.prewarm
 from conftest import PROJECT, role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
@@ -72,6 +76,38 @@ def test_run_writes_every_output_with_the_documented_summary(
     for scenario in ("error_correction", "debate", "analogy"):
         assert f"### {scenario}" in report
     assert pl.read_parquet(out / "rejects.parquet").columns[:2] == ["stage", "reason"]
+
+
+def test_a_run_whose_publish_prewarm_fails_still_writes_every_output(
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The background imports (flows/runs/prewarm.py) are only a head start: when they fail,
+    publish imports what it needs itself and the run is complete."""
+    (tmp_path / "prewarm_breaks.py").write_text("raise RuntimeError('broken on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(
+        flows.runs.prewarm, "PUBLISH_IMPORTS", ("prewarm_no_such_module", "prewarm_breaks")
+    )
+    threads: list = []
+
+    def started(modules=None):
+        threads.append(flows.runs.prewarm.prewarm(modules))
+        return threads[-1]
+
+    monkeypatch.setattr(flows.runs.pipeline, "prewarm", started)
+    uncaught: list = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    result = _run(write_config(role_lms(fake_llm.base_url), sample=6), embedder, tmp_path / "out")
+    assert len(threads) == 1
+    threads[0].join(30)
+    assert uncaught == []
+    for name in [*OUTPUTS, "README.md", "plot_counts.png"]:
+        assert (result.out / name).is_file(), name
+    assert sum(result.summary["dialogues"].values()) == 6
 
 
 def test_rerun_with_nothing_changed_makes_no_calls_and_writes_the_same_dataset(

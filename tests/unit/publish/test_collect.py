@@ -22,9 +22,9 @@ from fake_llm import FakeLLMServer
 from flows.core.config import MergeConfig, PublishConfig, load_config
 from flows.ingest.seeds import load_seeds
 from flows.planning.jobs import plan_jobs
-from flows.publish.collect import Collected
+from flows.publish.collect import Collected, dataset_row
 from flows.publish.merge import PublishedRows, merge_refs, merge_rows
-from flows.publish.writers import dataset_row, write_dataset
+from flows.publish.writers import write_dataset
 from flows.runs.pipeline import run_pipeline
 from flows.runs.shards import simulate_jobs
 from flows.simulation.simulate import Outcome
