@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from flows.core.config import MasterConfig
+from flows.ingest.seeds import quotas
 
 #: The paper's agents: role -> (model, temperature). Qwen2.5-Instruct throughout.
 PAPER_AGENTS: dict[str, tuple[str, float]] = {
@@ -84,9 +85,9 @@ def differences(cfg: MasterConfig) -> list[str]:
             found.append(
                 f"the {role} role samples at temperature {lm.temperature}; the paper's {paper_temp}"
             )
-    mix = {s.label: s.sample for s in cfg.seeds.sources}
-    if mix != PAPER_MIX or cfg.seeds.sample is not None:
-        ours = ", ".join(f"{k}: {v or 'share of ' + str(cfg.seeds.sample)}" for k, v in mix.items())
+    mix = quotas(cfg.seeds)
+    if mix != PAPER_MIX:
+        ours = ", ".join(f"{k}: {'every row' if v is None else f'{v:,}'}" for k, v in mix.items())
         found.append(
             f"the seeds are {ours}; the paper's are 5,000 Orca-Math, 5,000 ProcQA and 9,000 "
             "OpenHermes-2.5 (19,000)"

@@ -158,7 +158,12 @@ def resimulate(
         collected.merge(stages.simulate(jobs, spendable, spill))
         loaded.seeds = [*loaded.seeds, *more.seeds]
         added += [seed.id for seed in more.seeds]
-        log.info("backfill round %d: %d more seeds for %s", rounds, len(more.seeds), short)
+        log.info(
+            "backfill round %d: %d more seeds for the rows still missing %s",
+            rounds,
+            len(more.seeds),
+            short,
+        )
     trimmed = _trim(cfg, seed_paths, loaded, collected, added)
     short = shortfall(cfg, seed_paths, loaded, collected)
     for label in exhausted:
