@@ -640,6 +640,27 @@ PEERS_BENCH = Path(os.environ.get("MASTER_PEERS_BENCH", ROOT.parent / "shared" /
 PEERS = ("raw-aiohttp", "dspy-async", "dspy-threads", "curator", "distilabel", "master")
 
 
+def _peers_venv(venv: Path, env: dict[str, str]) -> None:
+    """The peers' venv as run.sh builds it, plus polars: peer_master.py reads the dataset back
+    with it and the shared requirements.txt does not list it (the version is ours)."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True, env=env)
+        subprocess.run(
+            [*pip, "-r", "requirements.txt", "-c", "constraints.txt"],
+            check=True, cwd=PEERS_BENCH, env=env,
+        )  # fmt: skip
+    if subprocess.run([str(python), "-c", "import polars"], capture_output=True).returncode:
+        import polars
+
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"polars=={polars.__version__}"],
+            check=True, env=env,
+        )  # fmt: skip
+
+
 def bench_peers(seeds: int = 300, reps: int = 1) -> dict:
     """`master run` beside a bare asyncio + aiohttp loop, DSPy, Curator and distilabel, in one
     run of the shared side-by-side benchmark (its README): the same seeds x 3 calls against
@@ -660,6 +681,7 @@ def bench_peers(seeds: int = 300, reps: int = 1) -> dict:
         venv = Path(os.environ.get("PEERS_VENV", "/tmp/peers-venv"))
         env = {**os.environ, "MASTER_BIN": str(master)}
         env.pop("PYTHONPATH", None)  # the peers run in their own venv
+        _peers_venv(venv, env)
         if (venv / "bin" / "python").exists():  # byte-compiled once, before any is timed
             warm = "import aiohttp, dspy, distilabel.pipeline, bespokelabs.curator, polars"
             subprocess.run([venv / "bin" / "python", "-c", warm], env=env, capture_output=True)
