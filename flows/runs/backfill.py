@@ -22,7 +22,6 @@ from flows.ingest.seeds import LoadResult, quotas
 from flows.planning.assign import assign_scenario
 from flows.planning.retrieval import Embedder
 from flows.publish.collect import Collected
-from flows.publish.merge import standing_in
 from flows.publish.spill import SPILL_PREFIX
 
 if TYPE_CHECKING:
@@ -41,20 +40,22 @@ def rows_by_source(cfg: MasterConfig, loaded: LoadResult, collected: Collected) 
     as the original (merge.replace_with_original)."""
     source = {seed.id: seed.source for seed in loaded.seeds}
     rows = Counter(source[ref.seed_id] for ref in collected.refs if ref.seed_id in source)
-    standing = standing_in(loaded.seeds, set(), set(), cfg.merge, cfg.scenarios.proportions)
-    rows.update(o.seed.source for o in standing if o.why == "replaced")
+    replaced = set(cfg.merge.replace_with_original)
+    if replaced:
+        proportions = cfg.scenarios.proportions
+        rows.update(
+            s.source for s in loaded.seeds if assign_scenario(s.id, proportions) in replaced
+        )
     return rows
 
 
-def shortfall(
-    cfg: MasterConfig, seed_paths: list[str] | None, loaded: LoadResult, collected: Collected
-) -> dict[str, int]:
-    """Per source below its quota, the rows it lacks."""
-    rows = rows_by_source(cfg, loaded, collected)
+def balance(rows: Counter[str], limits: dict[str, int | None]) -> dict[str, int]:
+    """Per source with a quota and not exactly at it, its rows minus its quota: negative for
+    a shortfall, positive for a surplus."""
     return {
-        label: quota - rows[label]
-        for label, quota in quotas(cfg.seeds, seed_paths).items()
-        if quota is not None and rows[label] < quota
+        label: rows[label] - quota
+        for label, quota in limits.items()
+        if quota is not None and rows[label] != quota
     }
 
 
@@ -91,25 +92,23 @@ def _left_to_spend(cfg: MasterConfig, collected: Collected) -> MasterConfig | No
 
 def _trim(
     cfg: MasterConfig,
-    seed_paths: list[str] | None,
+    surplus: dict[str, int],
     loaded: LoadResult,
     collected: Collected,
     added: list[str],
 ) -> int:
-    """Drop the rows beyond each source's quota, the last added seeds' first; how many."""
-    rows = rows_by_source(cfg, loaded, collected)
-    limits = quotas(cfg.seeds, seed_paths)
-    surplus = {k: rows[k] - q for k, q in limits.items() if q is not None and rows[k] > q}
+    """Drop each source's `surplus` rows, the last added seeds' first; how many."""
     if not surplus:
         return 0
     source = {seed.id: seed.source for seed in loaded.seeds}
     with_row = {ref.seed_id for ref in collected.refs}
+    left = dict(surplus)
     dropped: set[str] = set()
     for seed_id in reversed(added):
         label = source[seed_id]
-        if surplus.get(label, 0) > 0 and seed_id in with_row:
+        if left.get(label, 0) > 0 and seed_id in with_row:
             dropped.add(seed_id)
-            surplus[label] -= 1
+            left[label] -= 1
     collected.refs = [ref for ref in collected.refs if ref.seed_id not in dropped]
     for seed_id in dropped:
         collected.accepted[assign_scenario(seed_id, cfg.scenarios.proportions)] -= 1
@@ -133,18 +132,16 @@ def resimulate(
     reported = {r.seed_id for r in loaded.rejects if r.seed_id}
     exhausted: list[str] = []
     added: list[str] = []
+    limits = quotas(cfg.seeds, seed_paths)
     rounds = 0
     while rounds < MAX_ROUNDS:
-        short = {
-            k: v
-            for k, v in shortfall(cfg, seed_paths, loaded, collected).items()
-            if k not in exhausted
-        }
+        rows = rows_by_source(cfg, loaded, collected)
+        short = {k: -d for k, d in balance(rows, limits).items() if d < 0 and k not in exhausted}
         spendable = _left_to_spend(cfg, collected)
         if not short or collected.stopped or spendable is None:
             break
         rounds += 1
-        wanted = _round_sizes(short, loaded, rows_by_source(cfg, loaded, collected))
+        wanted = _round_sizes(short, loaded, rows)
         more = stages.load_more(cfg, seed_paths, loaded.seeds, wanted, rounds)
         exhausted += more.exhausted
         loaded.rejects += [r for r in more.rejects if r.seed_id not in reported]
@@ -164,8 +161,10 @@ def resimulate(
             len(more.seeds),
             short,
         )
-    trimmed = _trim(cfg, seed_paths, loaded, collected, added)
-    short = shortfall(cfg, seed_paths, loaded, collected)
+    # trimming takes a surplus down to its quota, never below: the shortfalls stay as they are
+    final = balance(rows_by_source(cfg, loaded, collected), limits)
+    trimmed = _trim(cfg, {k: d for k, d in final.items() if d > 0}, loaded, collected, added)
+    short = {k: -d for k, d in final.items() if d < 0}
     for label in exhausted:
         if label in short:
             log.warning(
