@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
+import random
 import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +116,38 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+WORDS = [
+    "river", "planet", "copper", "violin", "harbor", "lantern", "meadow", "glacier", "tulip",
+    "engine", "pepper", "canyon", "falcon", "marble", "orchid", "saddle", "thunder", "walnut",
+    "zephyr", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "hazel", "indigo",
+]  # fmt: skip
+
+
+def tricky_seeds(path: Path, n: int) -> Path:
+    """n general questions, no two near duplicates; every fourth is one `tricky_judge` fails."""
+    rng = random.Random(7)
+    with path.open("w") as fh:
+        for i in range(n):
+            words = " ".join(rng.sample(WORDS, 9))
+            tricky = " (a tricky one)" if i % 4 == 0 else ""
+            question = f"Question {i}{tricky}: what links {words} in a story about item {i * 7919}?"
+            fh.write(json.dumps({"question": question, "answer": f"They all link {i}."}) + "\n")
+    return path
+
+
+def tricky_judge(body: dict[str, Any]) -> str | None:
+    """A fake-server responder: the judge fails the dialogues of tricky questions (see
+    `tricky_seeds`); the other roles answer as usual."""
+    if body.get("model") != "judge-model":
+        return None
+    bad = "a tricky one" in json.dumps(body["messages"])
+    return (
+        f"[[ ## verdict ## ]]\n{'procedural_errors' if bad else 'correct'}\n\n"
+        f"[[ ## score ## ]]\n{1 if bad else 5}\n\n[[ ## reason ## ]]\nAs read.\n\n"
+        "[[ ## completed ## ]]"
+    )
 
 
 @functools.lru_cache(maxsize=65536)

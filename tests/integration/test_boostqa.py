@@ -4,54 +4,22 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import yaml
 
-from conftest import role_lms
+from conftest import role_lms, tricky_judge, tricky_seeds
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
 from flows.ingest.seeds import load_seeds
 from flows.planning.assign import assign_scenario
 from flows.runs.pipeline import run_pipeline
 
-WORDS = [
-    "river", "planet", "copper", "violin", "harbor", "lantern", "meadow", "glacier", "tulip",
-    "engine", "pepper", "canyon", "falcon", "marble", "orchid", "saddle", "thunder", "walnut",
-    "zephyr", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "hazel", "indigo",
-]  # fmt: skip
-
-
-def _seed_file(path: Path, n: int) -> Path:
-    """n general questions, no two near duplicates; every fourth is one the judge fails."""
-    rng = random.Random(7)
-    with path.open("w") as fh:
-        for i in range(n):
-            words = " ".join(rng.sample(WORDS, 9))
-            tricky = " (a tricky one)" if i % 4 == 0 else ""
-            question = f"Question {i}{tricky}: what links {words} in a story about item {i * 7919}?"
-            fh.write(json.dumps({"question": question, "answer": f"They all link {i}."}) + "\n")
-    return path
-
-
-def _judge(body: dict[str, Any]) -> str | None:
-    """The judge fails the dialogues of tricky questions; the other roles answer as usual."""
-    if body.get("model") != "judge-model":
-        return None
-    bad = "a tricky one" in json.dumps(body["messages"])
-    return (
-        f"[[ ## verdict ## ]]\n{'procedural_errors' if bad else 'correct'}\n\n"
-        f"[[ ## score ## ]]\n{1 if bad else 5}\n\n[[ ## reason ## ]]\nAs read.\n\n"
-        "[[ ## completed ## ]]"
-    )
-
 
 def _config(write_config: Callable[..., Path], fake: FakeLLMServer, seeds: Path, **sections):
-    fake.responder = _judge
+    fake.responder = tricky_judge
     base = {
         "seeds": {
             "sources": [{"path": str(seeds), "domain": "general", "name": "synth"}],
@@ -72,7 +40,7 @@ def _rows(out: Path) -> list[dict]:
 def test_resimulate_backfill_fills_the_dataset_to_exactly_its_sample(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
 ) -> None:
-    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    seeds = tricky_seeds(tmp_path / "seeds.jsonl", 120)
     cfg = _config(write_config, fake_llm, seeds, merge={"backfill": "resimulate"})
     result = run_pipeline(cfg, tmp_path / "out", embedder=embedder)
     summary = result.summary
@@ -101,7 +69,7 @@ def test_resimulate_backfill_fills_the_dataset_to_exactly_its_sample(
 def test_resimulate_backfill_says_so_when_the_source_runs_out(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
 ) -> None:
-    seeds = _seed_file(tmp_path / "seeds.jsonl", 64)
+    seeds = tricky_seeds(tmp_path / "seeds.jsonl", 64)
     cfg = _config(write_config, fake_llm, seeds, merge={"backfill": "resimulate"})
     summary = run_pipeline(cfg, tmp_path / "out", embedder=embedder).summary
     assert summary["seeds"]["kept"] == 64  # every row was tried
@@ -112,7 +80,7 @@ def test_resimulate_backfill_says_so_when_the_source_runs_out(
 def test_original_backfill_publishes_the_rejected_seeds_as_they_came(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
 ) -> None:
-    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    seeds = tricky_seeds(tmp_path / "seeds.jsonl", 120)
     cfg = _config(write_config, fake_llm, seeds, merge={"backfill": "original"})
     summary = run_pipeline(cfg, tmp_path / "out", embedder=embedder).summary
     rows = _rows(tmp_path / "out")
@@ -126,7 +94,7 @@ def test_original_backfill_publishes_the_rejected_seeds_as_they_came(
 def test_analogy_pool_seeds_draws_every_partner_from_the_runs_non_analogy_seeds(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
 ) -> None:
-    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    seeds = tricky_seeds(tmp_path / "seeds.jsonl", 120)
     cfg = _config(
         write_config, fake_llm, seeds, scenarios={"analogy_pool": "seeds"}, quality={"judge": False}
     )
@@ -150,7 +118,7 @@ def test_analogy_pool_seeds_draws_every_partner_from_the_runs_non_analogy_seeds(
 def test_replace_with_original_publishes_a_scenarios_seeds_as_originals_from_the_cache(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
 ) -> None:
-    seeds = _seed_file(tmp_path / "seeds.jsonl", 120)
+    seeds = tricky_seeds(tmp_path / "seeds.jsonl", 120)
     full = _config(write_config, fake_llm, seeds, quality={"judge": False})
     run_pipeline(full, tmp_path / "full", embedder=embedder)
     calls = fake_llm.request_count

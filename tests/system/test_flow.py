@@ -122,28 +122,12 @@ def test_the_augment_flow_backfills_to_the_sample_in_shards(
     """merge.backfill: resimulate runs its further rounds through the flow's sharded
     simulate stage and tasks, and lands on exactly seeds.sample rows."""
     import flows.planning.retrieval
-    from conftest import hashing_embedder
+    from conftest import hashing_embedder, tricky_judge, tricky_seeds
     from flows.augment import augment
 
     monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
-
-    def judge(body: dict) -> str | None:  # fails the dialogues of every fourth question
-        if body.get("model") != "judge-model":
-            return None
-        bad = "(a tricky one)" in json.dumps(body["messages"])
-        return (
-            f"[[ ## verdict ## ]]\n{'procedural_errors' if bad else 'correct'}\n\n"
-            f"[[ ## score ## ]]\n{1 if bad else 5}\n\n[[ ## reason ## ]]\nAs read.\n\n"
-            "[[ ## completed ## ]]"
-        )
-
-    fake_llm.responder = judge
-    seeds = tmp_path / "seeds.jsonl"
-    with seeds.open("w") as fh:
-        for i in range(40):
-            tricky = " (a tricky one)" if i % 4 == 0 else ""
-            words = " ".join(f"w{(i * 7 + k * 13) % 97}x{k}" for k in range(9))
-            fh.write(json.dumps({"question": f"Q{i}{tricky}: {words}?", "answer": str(i)}) + "\n")
+    fake_llm.responder = tricky_judge
+    seeds = tricky_seeds(tmp_path / "seeds.jsonl", 40)
     config = write_config(
         role_lms(fake_llm.base_url),
         seeds={"sources": [{"path": str(seeds), "domain": "general", "name": "s"}], "sample": 16},
