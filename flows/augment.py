@@ -36,6 +36,7 @@ from flows.ingest.seeds import LoadResult
 from flows.planning.jobs import Job, plan_jobs
 from flows.publish.collect import Collected
 from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
+from flows.runs.prewarm import prewarm
 from flows.runs.shards import new_budget, run_shard
 from flows.simulation.simulate import STOP, Outcome
 from modules.lm.budget import CallBudget
@@ -92,6 +93,7 @@ def simulate_in_shards(jobs: list[Job], cfg: MasterConfig, spill: Path) -> Colle
     size = cfg.run.shard_size
     shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     rows = str(spill / "rows.jsonl")
+    prewarm()  # publish's imports while this process waits on the shards
     if cfg.run.task_runner == "dask":
         runner = dask_runner(cfg.run)
         return simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg), rows)

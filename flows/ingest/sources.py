@@ -14,9 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
+
+# polars is imported by the readers that scan with it: a JSONL source, the common case, is
+# read without it and the first calls go out sooner (benchmarks/decisions.md, cold start).
 
 Row = dict[str, Any] | ValueError
 
@@ -97,6 +101,8 @@ def read_json_array(path: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]
 
 def _read_frame(path: Path, frame: pl.LazyFrame, kind: str) -> Iterator[tuple[str, Row]]:
     """Batches of a polars scan as dict rows, numbered from 1 (header excluded)."""
+    import polars as pl
+
     number = 0
     try:
         for batch in frame.collect_batches(chunk_size=BATCH_ROWS):
@@ -110,6 +116,8 @@ def _read_frame(path: Path, frame: pl.LazyFrame, kind: str) -> Iterator[tuple[st
 
 def read_parquet(path: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
     del max_row_bytes  # Parquet rows are typed cells; size is checked on the mapped text
+    import polars as pl
+
     try:
         frame = pl.scan_parquet(path)
     except pl.exceptions.PolarsError as exc:
@@ -119,6 +127,8 @@ def read_parquet(path: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
 
 def read_csv(path: Path, max_row_bytes: int) -> Iterator[tuple[str, Row]]:
     del max_row_bytes
+    import polars as pl
+
     frame = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy", quote_char='"')
     for loc, row in _read_frame(path, frame, "CSV"):
         if isinstance(row, dict) and any(

@@ -5,6 +5,10 @@ pyplot, no global figure registry and no backend switch, so plotting is safe fro
 threads and leaves a caller's (e.g. a notebook's) matplotlib setup alone. Output bytes are
 reproducible (fixed size and dpi, no "Software" version stamp), so reruns of the same data do
 not show up as changed files.
+
+The axes sit in margins given in inches rather than in matplotlib's constrained layout, which
+draws each figure an extra time to measure it (benchmarks/decisions.md, cold start). The
+left margin is measured from the widest y tick label a plot will show (a check name, a count).
 """
 
 from __future__ import annotations
@@ -67,13 +71,35 @@ def plots_markdown(paths: list[Path]) -> str:
     return "\n\n".join(f"![{PLOTS.get(p.name, p.stem.replace('_', ' '))}]({p.name})" for p in paths)
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(width: float, height: float, y_labels: list[str], top: float = 0.45) -> Figure:
+    """A figure of width x height inches whose axes leave room, on the left, for the widest
+    of `y_labels` (the y tick labels it will show, measured) and the y axis label; below, for
+    one line of tick labels and the x axis label; above, for `top` inches of titles."""
+    from matplotlib import rcParams
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    font = FontProperties(size=rcParams["ytick.labelsize"])
+    widest = (
+        max(
+            (renderer.get_text_width_height_descent(t, font, ismath=False)[0] for t in y_labels),
+            default=0.0,
+        )
+        / DPI
+    )
+    left = min(0.5 + widest, width / 2)  # a longer name is cut: the report lists it whole
+    fig.subplots_adjust(
+        left=left / width, right=1 - 0.25 / width, bottom=0.6 / height, top=1 - top / height
+    )
     return fig
+
+
+def _count_labels(most: int) -> list[str]:
+    """The widest y tick label a count axis up to `most` (plus its margin) can show."""
+    return [str(round(most * 1.2) + 1)]
 
 
 def _say_empty(ax: Axes, message: str) -> None:
@@ -85,12 +111,13 @@ def _say_empty(ax: Axes, message: str) -> None:
 def _counts_figure(rows: list[dict[str, Any]]) -> Figure:
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(8, 4.5)
+    by_source = counts_by(rows, "source", "scenario")
+    most = max((n for counts in by_source.values() for n in counts.values()), default=0)
+    fig = _figure(8, 4.5, _count_labels(most))
     ax = fig.add_subplot()
     ax.set_title("Dialogues per scenario and source")
     ax.set_xlabel("scenario")
     ax.set_ylabel("dialogues")
-    by_source = counts_by(rows, "source", "scenario")
     if not by_source:
         _say_empty(ax, "no dialogues")
         return fig
@@ -118,9 +145,9 @@ def _counts_figure(rows: list[dict[str, Any]]) -> Figure:
 def _lengths_figure(rows: list[dict[str, Any]]) -> Figure:
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(10, 4)
+    fig = _figure(10, 4, _count_labels(len(rows)), top=0.75)
     fig.suptitle("Dialogue lengths")
-    turns_ax, tokens_ax = fig.subplots(1, 2)
+    turns_ax, tokens_ax = fig.subplots(1, 2, gridspec_kw={"wspace": 0.3})
     turns_ax.set_title("Turns per dialogue")
     turns_ax.set_xlabel("turns")
     tokens_ax.set_title("Approx. tokens per dialogue (messages)")
@@ -136,7 +163,10 @@ def _lengths_figure(rows: list[dict[str, Any]]) -> Figure:
     # One bar per whole turn count, centred on it: turn counts are small integers.
     turn_bins = [t - 0.5 for t in range(min(turns), max(turns) + 2)]
     turns_ax.hist(turns, bins=turn_bins, color=COLOURS[0], edgecolor="white")
-    turns_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if max(turns) - min(turns) <= 20:  # every turn count a tick, also when all are one
+        turns_ax.set_xticks(range(min(turns), max(turns) + 1))
+    else:
+        turns_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     tokens_ax.hist(
         [d["tokens"] for d in lengths],
         bins=min(20, max(1, len(set(d["tokens"] for d in lengths)))),
@@ -149,14 +179,15 @@ def _lengths_figure(rows: list[dict[str, Any]]) -> Figure:
 
 
 def _checks_figure(pass_rates: Mapping[str, float]) -> Figure:
-    fig = _figure(8, max(2.5, 1 + 0.45 * len(pass_rates)))
+    height = max(2.5, 1 + 0.45 * len(pass_rates))
+    names = list(pass_rates)
+    fig = _figure(8, height, names)
     ax = fig.add_subplot()
     ax.set_title("Quality check pass rates")
     ax.set_xlabel("pass rate (%)")
     if not pass_rates:
         _say_empty(ax, "no checks")
         return fig
-    names = list(pass_rates)
     percents = [100.0 * pass_rates[n] for n in names]
     bars = ax.barh(names, percents, color=COLOURS[2])
     ax.bar_label(bars, labels=[f"{p:.0f}%" for p in percents], padding=3, fontsize=8)

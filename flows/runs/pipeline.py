@@ -8,7 +8,8 @@ A replay needs only the run cache and the report: the stages (seed loading, retr
 the simulation, the dataset writers, matplotlib) are imported where a missed replay runs them,
 and DSPy's patches installed then (modules.runtime.setup), so a replayed `master run` starts
 in a fraction of the time (benchmarks/RESULTS.md, start-up). A run that simulates imports the
-publish stage's libraries on a background thread meanwhile (flows/runs/prewarm.py).
+publish stage's libraries on a background thread once its first calls are out
+(flows/runs/prewarm.py).
 """
 
 from __future__ import annotations
@@ -280,10 +281,13 @@ def load_more_stage(
 def simulate_stage(
     jobs: list[Job], cfg: MasterConfig, spill: Path, progress: Progress | None = None
 ) -> Collected:
-    """flows/runs/shards.py:simulate_jobs, imported when a run simulates."""
+    """flows/runs/shards.py:simulate_jobs, imported when a run simulates. Publish's imports
+    start on a background thread once the first dialogues wait on the network (prewarm):
+    started earlier, they hold the GIL while the simulation builds and sends its first
+    calls (benchmarks/decisions.md, cold start)."""
     from flows.runs.shards import simulate_jobs
 
-    return simulate_jobs(jobs, cfg, spill, progress)
+    return simulate_jobs(jobs, cfg, spill, progress, on_waiting=prewarm)
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,6 @@ def drive(
         setup()  # DSPy's patches, before its programs run (a replay has none to run)
         loaded = stages.load(cfg, seed_paths)
         jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
-        prewarm()  # publish's imports, made while the simulation waits on the network
         try:
             collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
             if cfg.merge.backfill == "resimulate":

@@ -1,8 +1,10 @@
 """The publish stage's imports, made on a daemon thread while the simulation waits on the
 network, so publishing finds them loaded (benchmarks/decisions.md, cold start).
 
-A runtime choice of the driver, not an import side effect: flows/runs/pipeline.py:drive calls
-`prewarm()` when a run is about to simulate; a replay never does. It cannot change a run's
+A runtime choice of the simulate stage, not an import side effect: `master run`'s simulation
+calls `prewarm()` once its first dialogues have made their first calls
+(flows/runs/pipeline.py:simulate_stage), the augment flow when it submits its shards; a replay
+never does. It cannot change a run's
 outcome: an import that fails here is logged at DEBUG and left to publish, which imports the
 module again where it uses it (and reports the error there); a module still being imported
 when publish needs it makes publish wait under Python's per-module import lock, as any

@@ -97,10 +97,11 @@ def _shard(
     budget: CallBudget | None,
     emit: Callable[[int, Outcome], None],
     progress: Progress | None = None,
+    on_waiting: Callable[[], object] | None = None,
 ) -> None:
     """Simulate and verify one shard of jobs, with its own programs and cache handle;
     emit(job index, outcome) as each outcome is final, and count it in `progress`. Each
-    dialogue is also logged, at DEBUG (`master run -v`)."""
+    dialogue is also logged, at DEBUG (`master run -v`). `on_waiting`: see simulate.stream."""
     scenarios = {job.scenario for job in jobs}
     programs, store = open_programs(cfg, scenarios, budget)
     dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
@@ -138,6 +139,7 @@ def _shard(
             dialogues=dialogues,
             after=verify if checking else None,
             after_hits=verify_hits if checking else None,
+            on_waiting=on_waiting,
         )
     finally:
         if store is not None:
@@ -161,20 +163,27 @@ def collect_shard(
     budget: CallBudget | None,
     collected: Collected,
     progress: Progress | None = None,
+    on_waiting: Callable[[], object] | None = None,
 ) -> Collected:
     """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
     stays in memory but its traces (flows/publish/collect.py)."""
     try:
-        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome), progress)
+        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome), progress, on_waiting)
     finally:
         collected.close()
     return collected
 
 
 def simulate_jobs(
-    jobs: list[Job], cfg: MasterConfig, spill: Path, progress: Progress | None = None
+    jobs: list[Job],
+    cfg: MasterConfig,
+    spill: Path,
+    progress: Progress | None = None,
+    on_waiting: Callable[[], object] | None = None,
 ) -> Collected:
     """Every job as one shard in this process, under the run's budget (`master run`); the
-    jobs are added to `progress` and counted in it as they finish."""
+    jobs are added to `progress` and counted in it as they finish. `on_waiting`: see
+    flows/simulation/simulate.py:stream."""
     budget = new_budget(cfg)
-    return collect_shard(jobs, cfg, budget, Collected(spill / "rows.jsonl"), progress)
+    collected = Collected(spill / "rows.jsonl")
+    return collect_shard(jobs, cfg, budget, collected, progress, on_waiting)

@@ -306,9 +306,12 @@ def stream(
     dialogues: DialogueStore | None = None,
     after: Callable[[Outcome], Awaitable[None]] | None = None,
     after_hits: Callable[[list[Outcome]], None] | None = None,
+    on_waiting: Callable[[], object] | None = None,
 ) -> None:
     """Run every job with up to run.concurrency dialogues in flight; emit(job index, outcome)
     as each one is final, in the order they finish. Nothing is kept here once emitted.
+    `on_waiting` is called once, when the first dialogues have made their first calls and the
+    loop waits on the network (not at all when the cache answers every dialogue).
 
     Dialogues already in the dialogue cache are answered first, without the event loop, a
     chunk at a time (`after_hits` sees each chunk before it is emitted): a fully cached rerun
@@ -386,6 +389,9 @@ def stream(
                 tasks = [asyncio.ensure_future(work()) for _ in range(workers)]
                 watcher = asyncio.ensure_future(_cancel_on_stop(tasks))
                 try:
+                    if on_waiting is not None:
+                        await asyncio.sleep(0)  # every task runs up to its first call's I/O
+                        on_waiting()
                     await asyncio.gather(*tasks)
                 finally:
                     watcher.cancel()

@@ -59,6 +59,27 @@ def test_the_longest_dialogues_start_first_and_outcomes_keep_job_order(tmp_path:
     assert [o.job.seed.question for o in outcomes] == [f"q{i}" for i in range(6)]
 
 
+def test_on_waiting_is_called_once_when_the_first_dialogues_wait_on_their_first_calls() -> None:
+    """The prewarm's trigger (flows/runs/pipeline.py:simulate_stage): after every slot has
+    started its first dialogue and before any has finished; never for a run with nothing to
+    simulate."""
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "3"})
+    started: list[str] = []
+    stub = Stub(started)
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+    outcomes: list[Any] = [None] * 6
+    seen: list[tuple[int, int]] = []
+
+    def on_waiting() -> None:
+        seen.append((len(started), sum(o is not None for o in outcomes)))
+
+    stream(_jobs(), programs, cfg, outcomes.__setitem__, on_waiting=on_waiting)  # type: ignore[arg-type]
+    assert seen == [(3, 0)]
+    assert all(o is not None for o in outcomes)
+    stream([], programs, cfg, outcomes.__setitem__, on_waiting=on_waiting)  # type: ignore[arg-type]
+    assert seen == [(3, 0)]
+
+
 class SliceProbe(Stub):
     """A Stub that notes the GIL slice its dialogues run under."""
 

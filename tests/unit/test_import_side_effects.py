@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import OFFLINE_HUBS, PROJECT
 from modules.runtime import ENV_DEFAULTS
@@ -106,3 +107,27 @@ def test_the_cli_and_the_pipeline_driver_import_no_heavy_library() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_loading_jsonl_seeds_imports_no_polars(tmp_path: Path) -> None:
+    """polars scans Parquet and CSV sources; a JSONL source, decontaminated against the
+    bundled GSM8K test set (JSONL), is read without it (start-up, benchmarks/decisions.md)."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(
+        "".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                for i in range(20)), encoding="utf-8")  # fmt: skip
+    probe = (
+        "import sys, json\n"
+        "from flows.core.config import load_config\n"
+        "from flows.ingest.seeds import load_seeds\n"
+        "cfg = load_config(None, environ={})\n"
+        "kept = len(load_seeds(cfg.seeds, [sys.argv[1]]).seeds)\n"
+        "print(json.dumps([kept, 'polars' in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(seeds)], capture_output=True, text=True,
+        cwd=PROJECT, env=_fresh_env(), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, polars_loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kept > 0 and polars_loaded is False

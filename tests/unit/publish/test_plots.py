@@ -156,3 +156,25 @@ def test_plots_markdown_links_are_relative(tmp_path: Path) -> None:
     ]
     assert str(tmp_path) not in md
     assert plots_markdown([]) == ""
+
+
+def _inside(fig: Any) -> bool:
+    """Whether everything drawn on `fig` (titles, labels, the tick labels shown, legends)
+    lies within it: matplotlib's own tight bounding box of the drawing, in inches."""
+    fig.canvas.draw()
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    width, height = fig.get_size_inches()
+    return box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height
+
+
+def test_no_label_of_any_plot_is_cut_off_even_with_long_check_and_source_names() -> None:
+    """The margins are fixed, not laid out by matplotlib: the widest check name is measured."""
+    from flows.publish.plots import _checks_figure, _counts_figure, _lengths_figure
+
+    rows = _rows() + [_row("analogy", "a_source_with_a_rather_long_name", 4, "x " * 4000)]
+    rates = {**PASS_RATES, "answer_matches_the_reference_answer_exactly": 0.25}
+    for fig in (_counts_figure(rows), _lengths_figure(rows), _checks_figure(rates)):
+        assert _inside(fig)
+    # 100,000 dialogues of one scenario: the widest count on the y axis still fits
+    many = [_row("debate", "gsm8k", 3, "q")] * 100_000
+    assert _inside(_counts_figure(many))
