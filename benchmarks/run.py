@@ -661,7 +661,7 @@ def _peers_venv(venv: Path, env: dict[str, str]) -> None:
         )  # fmt: skip
 
 
-def bench_peers(seeds: int = 300, reps: int = 1) -> dict:
+def bench_peers(seeds: int = 300, reps: int = 3) -> dict:
     """`master run` beside a bare asyncio + aiohttp loop, DSPy, Curator and distilabel, in one
     run of the shared side-by-side benchmark (its README): the same seeds x 3 calls against
     one fake server (200 ms, 64 in flight), each tool as a whole process, cold (fresh cache)
