@@ -35,12 +35,17 @@ PUBLISH_IMPORTS = (
 )
 
 
-def prewarm(modules: Sequence[str] | None = None) -> threading.Thread:
+def prewarm(modules: Sequence[str] | None = None) -> threading.Thread | None:
     """Start importing `modules` (PUBLISH_IMPORTS by default) on a daemon thread; return the
-    thread (nobody needs to join it)."""
+    thread (nobody needs to join it), or None if no thread could be started (logged: publish
+    imports them itself)."""
     names = tuple(PUBLISH_IMPORTS if modules is None else modules)
     thread = threading.Thread(target=import_all, args=(names,), name="master-prewarm", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError as exc:  # "can't start new thread": the run goes on without it
+        log.debug("prewarm: no thread: %s", exc)
+        return None
     return thread
 
 

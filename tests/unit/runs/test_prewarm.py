@@ -56,3 +56,19 @@ def test_a_failing_import_is_logged_and_the_others_still_load(
     assert len(logged) == 2
     assert "prewarm_no_such_module not imported: ModuleNotFoundError" in logged[0]
     assert "prewarm_breaks not imported: RuntimeError: broken on import" in logged[1]
+
+
+def test_a_thread_that_cannot_start_is_logged_and_nothing_is_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The prewarm is called from inside the simulation (stream's on_waiting): a process out
+    of threads must not fail the run there."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    caplog.set_level(logging.DEBUG, logger="master")
+    assert prewarm(["json"]) is None
+    logged = [r.getMessage() for r in caplog.records]
+    assert "prewarm: no thread: can't start new thread" in logged
