@@ -638,8 +638,8 @@ def bench_real_endpoint(seeds: int = 12) -> dict:
 
 PEERS_BENCH = Path(os.environ.get("MASTER_PEERS_BENCH", ROOT.parent / "shared" / "peers-bench"))
 #: The harness rotates this order each rep, so each peer always runs right after the same one.
-#: The asyncio loop follows distilabel (1 GB, about 12 s of CPU): run right after it, a
-#: CPU-bound process such as `master run` lost 0.2-0.3 s here, the latency-bound loop nothing
+#: The asyncio loop follows distilabel, the largest peer: run right after it, a CPU-bound
+#: process such as `master run` is slower, the latency-bound loop is not
 #: (benchmarks/decisions.md).
 PEERS = ("raw-aiohttp", "master", "dspy-async", "dspy-threads", "curator", "distilabel")
 
