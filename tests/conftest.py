@@ -15,6 +15,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,21 @@ def finished_calls(cache_dir: Path) -> int:
 
     with diskcache.Cache(str(cache_dir), disk=diskcache.JSONDisk) as cache:
         return sum(1 for key in cache.iterkeys() if not str(key).startswith("slot:"))
+
+
+def wait_for_finished_calls(cache_dir: Path, at_least: int, timeout: float) -> bool:
+    """Wait until a running process has committed `at_least` LM calls to its call cache.
+
+    A kill -9 keeps only committed calls, and commits are grouped on a writer thread, so
+    the calls a server has answered are not yet a sign of any on disk. The store is opened
+    only once the run has created it (opening it first would write diskcache's default
+    settings under the run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (cache_dir / "cache.db").exists() and finished_calls(cache_dir) >= at_least:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def stop_group(proc: subprocess.Popen[bytes], grace: float = 15) -> None:

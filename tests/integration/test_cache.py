@@ -16,7 +16,7 @@ import pytest
 
 import modules.scenarios.debate
 import modules.scenarios.error_correction
-from conftest import PROJECT, finished_calls, role_lms, run_cli
+from conftest import PROJECT, finished_calls, role_lms, run_cli, wait_for_finished_calls
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
 from flows.runs.pipeline import run_pipeline
@@ -129,7 +129,7 @@ def test_a_killed_run_resumes_with_only_the_unfinished_calls(
     with FakeLLMServer(latency=0.05) as server:
         config = write_config(role_lms(server.base_url), sample=9, run={"concurrency": 2})
         proc = _cli_run(config, tmp_path / "out")
-        assert server.wait_for_requests(8, timeout=180)
+        assert wait_for_finished_calls(tmp_path / "cache", 4, timeout=180)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         finished = finished_calls(tmp_path / "cache")
