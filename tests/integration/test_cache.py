@@ -129,9 +129,10 @@ def test_a_killed_run_resumes_with_only_the_unfinished_calls(
     with FakeLLMServer(latency=0.05) as server:
         config = write_config(role_lms(server.base_url), sample=9, run={"concurrency": 2})
         proc = _cli_run(config, tmp_path / "out")
-        assert wait_for_finished_calls(tmp_path / "cache", 4, timeout=180)
+        committed = wait_for_finished_calls(tmp_path / "cache", 4, timeout=180)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        assert committed
         finished = finished_calls(tmp_path / "cache")
         assert not (tmp_path / "out" / "summary.json").exists()
         server.reset()
