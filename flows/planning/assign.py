@@ -7,7 +7,7 @@ the same seed lands in the same scenario on every machine.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from flows.core.config import SCENARIOS, Scenario
 
@@ -27,6 +27,14 @@ def assign_scenario(seed_id: str, proportions: Mapping[Scenario, float]) -> Scen
         if weight > 0 and point < acc:
             return scenario
     return next(s for s, w in reversed(weights) if w > 0)
+
+
+def replaced_by_original(
+    seed_id: str, proportions: Mapping[Scenario, float], replaced: Collection[Scenario]
+) -> bool:
+    """Whether a seed is published as its original question/answer, not simulated: its
+    scenario is one of `replaced` (merge.replace_with_original, the paper's ablations)."""
+    return bool(replaced) and assign_scenario(seed_id, proportions) in replaced
 
 
 def debate_rounds(seed_id: str, setting: int | str) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from flows.core.config import MergeConfig, Scenario
 from flows.core.records import Seed
-from flows.planning.assign import assign_scenario
+from flows.planning.assign import replaced_by_original
 from flows.publish.spill import RowRef, read_rows
 
 
@@ -109,7 +109,7 @@ def standing_in(
     replaced = set(cfg.replace_with_original)
     out: list[Original] = []
     for seed in seeds:
-        if replaced and assign_scenario(seed.id, proportions) in replaced:
+        if replaced_by_original(seed.id, proportions, replaced):
             out.append(Original(seed, "replaced"))
         elif (
             cfg.backfill == "original"

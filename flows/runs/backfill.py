@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from flows.core.config import MasterConfig
 from flows.core.records import Reject
 from flows.ingest.seeds import LoadResult, quotas
-from flows.planning.assign import assign_scenario
+from flows.planning.assign import assign_scenario, replaced_by_original
 from flows.planning.retrieval import Embedder
 from flows.publish.collect import Collected
 from flows.publish.spill import SPILL_PREFIX
@@ -41,11 +41,8 @@ def rows_by_source(cfg: MasterConfig, loaded: LoadResult, collected: Collected) 
     source = {seed.id: seed.source for seed in loaded.seeds}
     rows = Counter(source[ref.seed_id] for ref in collected.refs if ref.seed_id in source)
     replaced = set(cfg.merge.replace_with_original)
-    if replaced:
-        proportions = cfg.scenarios.proportions
-        rows.update(
-            s.source for s in loaded.seeds if assign_scenario(s.id, proportions) in replaced
-        )
+    proportions = cfg.scenarios.proportions
+    rows.update(s.source for s in loaded.seeds if replaced_by_original(s.id, proportions, replaced))
     return rows
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import PROJECT, hashing_embedder
 from flows.core.records import Seed
-from flows.planning.assign import assign_scenario, debate_rounds
+from flows.planning.assign import assign_scenario, debate_rounds, replaced_by_original
 
 EVEN = {"error_correction": 1.0, "debate": 1.0, "analogy": 1.0}
 
@@ -36,6 +36,14 @@ def test_assignment_depends_only_on_the_id_and_follows_the_proportions() -> None
         assign_scenario(s.id, {"error_correction": 3, "debate": 1, "analogy": 0}) for s in seeds
     )
     assert skewed["analogy"] == 0 and 2000 < skewed["error_correction"] < 2500
+
+
+def test_a_seed_is_replaced_by_its_original_exactly_when_its_scenario_is_listed() -> None:
+    ids = [_seed(i).id for i in range(300)]
+    replaced = [i for i in ids if replaced_by_original(i, EVEN, {"debate"})]
+    assert replaced == [i for i in ids if assign_scenario(i, EVEN) == "debate"]
+    assert 60 < len(replaced) < 140
+    assert not any(replaced_by_original(i, EVEN, ()) for i in ids)
 
 
 def test_debate_rounds_fixed_or_drawn_from_the_id() -> None:
