@@ -33,17 +33,10 @@ def _serve(command: str, state: Path, timeout: float = 420) -> subprocess.Comple
     )  # fmt: skip
 
 
-def _running(pid: int) -> bool:
+def _running(pid: int, group: bool = False) -> bool:
+    """Whether process `pid` is alive (with `group`, any process of the group it leads)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_running(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     return True
@@ -63,7 +56,7 @@ def test_serve_starts_reports_and_stops_exactly_what_it_started(tmp_path: Path) 
         assert "Prefect is serving MASTER" in started.stdout
         server = int((state / "server.pid").read_text())  # Prefect's own record
         worker = int((state / "worker.pid").read_text())
-        assert _running(server) and _group_running(worker)
+        assert _running(server) and _running(worker, group=True)
         api = _api(state)
         with httpx.Client(base_url=api, timeout=30) as client:
             assert client.get("/health").status_code == 200
@@ -74,7 +67,9 @@ def test_serve_starts_reports_and_stops_exactly_what_it_started(tmp_path: Path) 
                 w["name"] == "master-local"
                 for w in client.post("/work_pools/master-process/workers/filter", json={}).json()
             ):
-                assert _group_running(worker), (state / "logs" / "worker.log").read_text()[-3000:]
+                assert _running(worker, group=True), (state / "logs" / "worker.log").read_text()[
+                    -3000:
+                ]
                 assert time.monotonic() < deadline, "the worker never polled the work pool"
                 time.sleep(1)
 
@@ -90,7 +85,7 @@ def test_serve_starts_reports_and_stops_exactly_what_it_started(tmp_path: Path) 
         stopped = _serve("stop", state)
         assert stopped.returncode == 0, stopped.stderr
         assert f"stopped worker ({worker})" in stopped.stdout and "Server stopped" in stopped.stdout
-        assert not _running(server) and not _group_running(worker)
+        assert not _running(server) and not _running(worker, group=True)
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{api}/health", timeout=5)
         assert not any((state / name).exists() for name in ("server.pid", "worker.pid", "env"))
@@ -101,7 +96,7 @@ def test_serve_starts_reports_and_stops_exactly_what_it_started(tmp_path: Path) 
     finally:
         if server and _running(server):
             os.kill(server, signal.SIGKILL)
-        if worker and _group_running(worker):
+        if worker and _running(worker, group=True):
             os.killpg(worker, signal.SIGKILL)
 
 
