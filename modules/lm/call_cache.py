@@ -333,8 +333,10 @@ class GroupCommit:
     A write made outside a loop (threads, the CLI) is committed before it returns, as before.
 
     `close()` commits what is pending, so Ctrl-C and a cancelled flow keep every finished
-    call; a kill -9 loses at most the last `delay` seconds, which the next run recomputes (a
-    store is never half-written: each batch is one transaction). `first` are stores committed
+    call; a kill -9 loses the writes not yet committed, which the next run recomputes: those
+    of the last `delay` period and of the commit then under way, longer while other threads
+    keep the writer from the GIL (benchmarks/decisions.md). A store is never half-written:
+    each batch is one transaction. `first` are stores committed
     before this one: a stored dialogue's calls are always on disk before the dialogue is.
 
     The writer thread only gets the GIL when the loop lets go of it, so a loop that produces
