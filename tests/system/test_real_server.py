@@ -15,6 +15,10 @@ from llama_server import LlamaServer
 pytestmark = pytest.mark.embedded  # loads both cores: runs in the heavy group
 
 
+# The run's limits end it before the test's own, so a slow run fails saying so, with the server
+# stopped. They leave room for a run beside the other test worker: the same 12 seeds take about
+# 6 minutes on idle cores (benchmarks/RESULTS.md, real_endpoint).
+@pytest.mark.timeout(900)
 def test_twelve_bundled_seeds_survive_a_real_server_with_a_small_model(tmp_path: Path) -> None:
     with LlamaServer(log=tmp_path / "server.log") as server:
         env = {
@@ -22,9 +26,9 @@ def test_twelve_bundled_seeds_survive_a_real_server_with_a_small_model(tmp_path:
             "MASTER__SEEDS__SAMPLE": "12",
             "MASTER__CACHE__DIR": str(tmp_path / "cache"),
         }
-        check = run_cli("lm", "check", env=env, timeout=300)
+        check = run_cli("lm", "check", env=env, timeout=120)
         assert check.returncode == 0, check.stdout + check.stderr
-        run = run_cli("run", "--out", str(tmp_path / "out"), env=env, timeout=900)
+        run = run_cli("run", "--out", str(tmp_path / "out"), env=env, timeout=760)
         assert run.returncode == 0, run.stdout + run.stderr
     assert not server.running  # the test stops the server it started
 
