@@ -49,7 +49,7 @@ run: install bytecode
 	$(VENV)/bin/master run --out $(OUT)
 
 # Two xdist workers: most tests wait on a fake server or a child process, not a core. The
-# tests that load both cores run on one worker, one at a time (tests/conftest.py).
+# tests that run llama.cpp on both cores run on one worker, one at a time (tests/conftest.py).
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from llama_server import LlamaServer
 
-pytestmark = pytest.mark.embedded  # loads both cores: runs in the heavy group
+pytestmark = pytest.mark.embedded  # llama.cpp on both cores: one at a time (tests/conftest.py)
 
 
 # The run's limits end it before the test's own, so a slow run fails saying so, with the server
