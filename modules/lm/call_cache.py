@@ -336,8 +336,8 @@ class GroupCommit:
     call; a kill -9 loses the writes not yet committed, which the next run recomputes: those
     of the last `delay` period and of the commit then under way, longer while other threads
     keep the writer from the GIL (benchmarks/decisions.md). A store is never half-written:
-    each batch is one transaction. `first` are stores committed
-    before this one: a stored dialogue's calls are always on disk before the dialogue is.
+    each batch is one transaction. `first` are stores committed before this one: a stored
+    dialogue's calls are always on disk before the dialogue is.
 
     The writer thread only gets the GIL when the loop lets go of it, so a loop that produces
     writes faster than they commit (a fast endpoint, the CPU saturated) would pile them up,

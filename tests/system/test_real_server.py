@@ -16,8 +16,8 @@ pytestmark = pytest.mark.embedded  # llama.cpp on both cores: one at a time (tes
 
 
 # The run's limits end it before the test's own, so a slow run fails saying so, with the server
-# stopped. They leave room for a run beside the other test worker: the same 12 seeds take about
-# 6 minutes on idle cores (benchmarks/RESULTS.md, real_endpoint).
+# stopped. They leave room for a run beside the other test worker (the same 12 seeds' wall
+# time on idle cores: benchmarks/RESULTS.md, real_endpoint).
 @pytest.mark.timeout(900)
 def test_twelve_bundled_seeds_survive_a_real_server_with_a_small_model(tmp_path: Path) -> None:
     with LlamaServer(log=tmp_path / "server.log") as server:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import PROJECT
+from conftest import PROJECT, log_tail
 
 SERVE = PROJECT / "deploy" / "serve.sh"
 VENV = Path(sys.executable).parent.parent  # the virtualenv running these tests
@@ -67,9 +67,7 @@ def test_serve_starts_reports_and_stops_exactly_what_it_started(tmp_path: Path) 
                 w["name"] == "master-local"
                 for w in client.post("/work_pools/master-process/workers/filter", json={}).json()
             ):
-                assert _running(worker, group=True), (state / "logs" / "worker.log").read_text()[
-                    -3000:
-                ]
+                assert _running(worker, group=True), log_tail(state / "logs" / "worker.log")
                 assert time.monotonic() < deadline, "the worker never polled the work pool"
                 time.sleep(1)
 
