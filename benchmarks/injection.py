@@ -139,9 +139,9 @@ def bench_injection() -> dict[str, Any]:
         )
         cfg = load_config(cfg_path, environ={})
         out = Path(tmp) / "out"
-        run_pipeline(cfg, out, embedder=hashing_embedder)
-        kept = pl.read_parquet(out / "dataset.parquet")
-        rejects = pl.read_parquet(out / "rejects.parquet")
+        files = run_pipeline(cfg, out, embedder=hashing_embedder).files  # published or not
+        kept = pl.read_parquet(files / "dataset.parquet")
+        rejects = pl.read_parquet(files / "rejects.parquet")
     accepted = {row["question"]: row for row in kept.iter_rows(named=True)}
     dropped = {r["seed_id"]: r["reason"] for r in rejects.iter_rows(named=True)}
     cases = []

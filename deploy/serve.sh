@@ -161,6 +161,11 @@ start() {
   "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 ||
     "$BIN/prefect" work-pool create "$POOL" --type process
   (cd "$ROOT" && "$BIN/prefect" --no-prompt deploy --all)
+  local alerts="no alert on a failed nightly run: set MASTER_ALERT_WEBHOOK_URL and run deploy/alerts.py"
+  if [[ -n "${MASTER_ALERT_WEBHOOK_URL:-}" ]]; then # the automation of deploy/alerts.yaml
+    "$BIN/python" "$ROOT/deploy/alerts.py"
+    alerts="a failed nightly run POSTs to \$MASTER_ALERT_WEBHOOK_URL (deploy/alerts.yaml)"
+  fi
   setsid "$BIN/prefect" worker start --pool "$POOL" --name master-local --install-policy never \
     >"$STATE/logs/worker.log" 2>&1 </dev/null &
   echo "$!" >"$WORKER_PID"
@@ -178,7 +183,7 @@ Prefect is serving MASTER (server.pid, worker.pid and logs/ in $STATE):
     export PREFECT_API_URL=$PREFECT_API_URL      (or: source $ENVFILE)
   Run now:
     $BIN/prefect deployment run 'augment/adhoc' --param sample=6
-  (the nightly run 'augment/nightly' is scheduled for 02:00 UTC)
+  (the nightly run 'augment/nightly' is scheduled for 02:00 UTC; $alerts)
   Stop everything:
     make stop
 EOF

@@ -14,7 +14,10 @@ planning and publishing stay in the flow's own process."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner
 
 from flows.core.config import MasterConfig, RunConfig, load_config
@@ -35,21 +39,26 @@ from flows.core.records import Reject
 from flows.ingest.seeds import LoadResult
 from flows.planning.jobs import Job, plan_jobs
 from flows.publish.collect import Collected
+from flows.publish.versions import Release
 from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
 from flows.runs.prewarm import prewarm
+from flows.runs.progress import Progress, ProgressLines, run_prices
 from flows.runs.shards import new_budget, run_shard
 from flows.simulation.simulate import STOP, Outcome
 from modules.lm.budget import CallBudget
 from modules.runtime import setup
 
+log = logging.getLogger("master")
+PROGRESS_EVERY_S = 10.0  # a progress line in the flow run's logs at most this often
+
 
 @task(name="replay-run", cache_policy=NO_CACHE)
 def replay_task(
-    cfg: MasterConfig, out: Path, seeds: list[str] | None, embedder: Any, started: float
+    cfg: MasterConfig, release: Release, seeds: list[str] | None, embedder: Any, started: float
 ) -> tuple[str | None, dict[str, Any] | None]:
-    key, summary = replay_run(cfg, out, seeds, embedder, started)
+    key, summary = replay_run(cfg, release, seeds, embedder, started)
     if summary is not None:
-        publish_artifacts(str(out), summary)
+        publish_artifacts(str(release.staged), summary)
     return key, summary
 
 
@@ -67,23 +76,27 @@ def plan_task(
 
 @task(name="simulate-shard", cache_policy=NO_CACHE, task_run_name="simulate-shard-{index}")
 def simulate_task(
-    jobs: list[Job], cfg: MasterConfig, index: int, budget: CallBudget | None = None
+    jobs: list[Job],
+    cfg: MasterConfig,
+    index: int,
+    budget: CallBudget | None = None,
+    progress: Progress | None = None,
 ) -> list[Outcome]:
-    return run_shard(jobs, cfg, budget)
+    return run_shard(jobs, cfg, budget, progress)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(
     cfg: MasterConfig,
-    out: Path,
+    release: Release,
     loaded: LoadResult,
     plan_rejects: list[Reject],
     collected: Collected,
     started: float,
     key: str | None = None,
 ) -> dict[str, Any]:
-    summary = publish(cfg, out, loaded, plan_rejects, collected, started, key)
-    publish_artifacts(str(out), summary)
+    summary = publish(cfg, release, loaded, plan_rejects, collected, started, key)
+    publish_artifacts(str(release.staged), summary)
     return summary
 
 
@@ -166,12 +179,18 @@ def submit_shards(
     as shards finish. One budget object is shared by threads; on a Dask cluster each shard
     gets an equal share instead, since a counter cannot be shared across machines."""
     total = sum(len(s) for s in shards)
-    if budget is None and cfg.run.task_runner == "dask" and shards:
+    on_threads = cfg.run.task_runner != "dask"
+    if budget is None and not on_threads and shards:
         shares = [new_budget(cfg, 1 / len(shards)) for _ in shards]
     else:
         shares = [budget for _ in shards]
+    # on threads, one Progress counts every seed as it finishes and logs a line at most every
+    # PROGRESS_EVERY_S; a Dask shard is counted when it is back (below)
+    seeds = Progress(run_prices(cfg)) if on_threads else None
+    if seeds is not None:
+        seeds.watch = ProgressLines(lambda p: log.info("%s", p.line()), PROGRESS_EVERY_S)
     futures = [
-        simulate_task.submit(shard, cfg, i, share)
+        simulate_task.submit(shard, cfg, i, share, seeds)
         for i, (shard, share) in enumerate(zip(shards, shares, strict=True))
     ]
     progress = create_progress_artifact(
@@ -180,18 +199,22 @@ def submit_shards(
     collected = Collected(Path(spill))
     STOP.clear()
     try:
-        _collect(futures, collected, total, progress)
+        _collect(futures, collected, total, progress, log_shards=seeds is None)
     except BaseException:
         STOP.set()  # cancelled (or failing): the shards still running stop at once
         raise
     finally:
         collected.close()
+    if seeds is not None and seeds.total:
+        log.info("%s", seeds.line())
     return collected
 
 
-def _collect(futures: list[Any], collected: Collected, total: int, progress: Any) -> None:
+def _collect(
+    futures: list[Any], collected: Collected, total: int, progress: Any, log_shards: bool
+) -> None:
     """Take the shards' outcomes as they finish (into an empty `collected`, whose counts the
-    progress reports), logging progress and updating its artifact."""
+    progress reports), updating the progress artifact and, with `log_shards`, logging each."""
     start = time.monotonic()
     for future in as_completed(futures):
         for outcome in future.result():
@@ -201,6 +224,8 @@ def _collect(futures: list[Any], collected: Collected, total: int, progress: Any
         elapsed = time.monotonic() - start
         eta = elapsed / done * (total - done) if done else 0.0
         update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+        if not log_shards:
+            continue
         get_run_logger().info(
             "%d/%d seeds done, %d LM calls, %d cache hits, eta %.0f s",
             done, total, calls, hits, eta,
@@ -220,6 +245,45 @@ def on_cluster(cfg: MasterConfig) -> MasterConfig:
     return cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"dir": cache_dir})})
 
 
+class _ToThisFlowRun(logging.Filter):
+    """A record logged outside Prefect's run context (a thread the pipeline started) is sent
+    as this flow run's: Prefect's API handler drops what it cannot place."""
+
+    def __init__(self, flow_run_id: str) -> None:
+        super().__init__()
+        self.flow_run_id = flow_run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "flow_run_id", None) is None:
+            from prefect.context import FlowRunContext, TaskRunContext
+
+            if FlowRunContext.get() is None and TaskRunContext.get() is None:
+                record.flow_run_id = self.flow_run_id
+        return True
+
+
+@contextlib.contextmanager
+def master_logs_in_this_run() -> Iterator[None]:
+    """The pipeline's own log lines (the `master` logger: stages, progress, warnings, the
+    breaker, the gates) in this flow run's logs, at INFO: Prefect's API log handler on that
+    logger for the run, as its `logging.extra_loggers` setting would attach it (which leaves
+    the level at the root's WARNING, and drops lines of threads outside its context)."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.runtime import flow_run
+
+    logger = logging.getLogger("master")
+    handler = APILogHandler()
+    handler.addFilter(_ToThisFlowRun(flow_run.id))
+    level = logger.level
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @flow(name="augment")  # log_prints would log what libraries print (dill prints bytecode)
 def augment(
     config_path: str | None = None,
@@ -229,27 +293,39 @@ def augment(
     seeds: list[str] | None = None,
     scenarios: dict[str, float] | None = None,
     max_calls: int | None = None,
-) -> dict[str, Any]:
-    """Seeds -> dialogues -> dataset. Parameters override the config file's values:
-    `scenarios` the proportions (e.g. {"debate": 1, "analogy": 0, "error_correction": 0}),
-    `max_calls` the run's LM-call budget."""
+    force: bool = False,
+) -> dict[str, Any] | State:
+    """Seeds -> dialogues -> a new version of the dataset in `out`, published if it passes
+    the gates (publish.gates; `force` publishes anyway). Parameters override the config
+    file's values: `scenarios` the proportions (e.g. {"debate": 1, "analogy": 0,
+    "error_correction": 0}), `max_calls` the run's LM-call budget."""
     setup()
     cfg = load_config(config_path, profile)
     if sample is not None:
         cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
+    if force:
+        cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"force": True})})
     cfg = with_overrides(cfg, scenarios, max_calls)
     out_dir = out or cfg.run.out
-    summary = drive(cfg, Path(out_dir), seeds, stages=FLOW_STAGES).summary
-    if summary["breaker"]["tripped"]:  # outputs are written; the run itself did not succeed
-        raise RuntimeError(
-            f"stopped: {summary['breaker']['reason']}; {summary['quality']['accepted']} "
-            f"dialogues written to {out_dir}, {summary['breaker']['not_started']} not started"
+    with master_logs_in_this_run():
+        result = drive(cfg, Path(out_dir), seeds, stages=FLOW_STAGES)
+    summary = result.summary
+    # Failed, with one line and no traceback: the previous version stays published (a gate
+    # failed), or this one was published with --force although the breaker stopped the run
+    if not result.published:
+        return Failed(message=result.message)
+    if summary["breaker"]["tripped"]:
+        return Failed(
+            message=f"stopped: {summary['breaker']['reason']}; "
+            f"{summary['quality']['accepted']} dialogues published in {out_dir} as version "
+            f"{summary['version']} (forced), {summary['breaker']['not_started']} not started"
         )
     get_run_logger().info(
-        "%d dialogues, %d LM calls, %d cache hits -> %s",
+        "%d dialogues, %d LM calls, %d cache hits -> %s, version %s",
         summary["quality"]["accepted"],
         summary["lm"]["calls"],
         summary["lm"]["cache_hits"],
         out_dir,
+        summary["version"],
     )
     return summary

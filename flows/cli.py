@@ -22,7 +22,8 @@ from modules.runtime import setup
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-EXIT_STOPPED = 3  # the circuit breaker stopped the run; its outputs are written
+EXIT_STOPPED = 3  # the circuit breaker stopped the run; not published unless --force
+EXIT_GATES = 4  # the run failed a publish gate: the previous version stays published
 PROGRESS_EVERY_S = 10.0  # off a terminal, a progress line at most this often
 
 if TYPE_CHECKING:
@@ -73,6 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-calls", type=int, metavar="N", help="stop dispatching after N LM calls (budget)"
     )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="publish this run's version even if it fails a publish gate (publish.gates)",
+    )
+
+    versions = sub.add_parser(
+        "versions",
+        help="list the versions in an output folder",
+        description="List the published versions of an output folder (id, rows, accepted "
+        "share, config hash, gates), the current one marked, then the attempts that failed "
+        "their gates.",
+    )
+    versions.add_argument("dir", metavar="DIR", help="an output folder of `master run`")
+    versions.add_argument("--json", action="store_true", help="print as JSON")
+
+    diff = sub.add_parser(
+        "diff",
+        help="what changed between two versions of an output folder",
+        description="Rows added, removed, regenerated (same seed, new conversation) and "
+        "unchanged between version A and version B, per scenario, with the seed ids. B "
+        "defaults to the published version, A to the version before B.",
+    )
+    diff.add_argument("dir", metavar="DIR", help="an output folder of `master run`")
+    diff.add_argument("a", nargs="?", metavar="A", help="older version id (or a prefix)")
+    diff.add_argument("b", nargs="?", metavar="B", help="newer version id (or a prefix)")
+    diff.add_argument("--ids", type=int, default=20, metavar="N", help="seed ids shown per kind")
+    diff.add_argument("--json", action="store_true", help="print as JSON, every seed id")
 
     seeds = sub.add_parser(
         "seeds",
@@ -225,25 +254,8 @@ def _with_sample(cfg: MasterConfig, sample: int | None) -> MasterConfig:
     return cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
 
 
-class ProgressLines:
-    """Progress off a terminal: a line at most every `every` seconds while seeds finish, and
-    one at the end."""
-
-    def __init__(self, every: float = PROGRESS_EVERY_S, clock: Any = time.monotonic) -> None:
-        self.every = every
-        self.clock = clock
-        self.last: float | None = None
-
-    def __call__(self, progress: Progress) -> None:
-        now = self.clock()
-        if self.last is None:  # the first seeds were added: the clock starts
-            self.last = now
-        elif now - self.last >= self.every:
-            self.last = now
-            self.write(progress)
-
-    def write(self, progress: Progress) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {progress.line()}", file=sys.stderr, flush=True)
+def _progress_line(progress: Progress) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {progress.line()}", file=sys.stderr, flush=True)
 
 
 class ProgressBar:
@@ -286,7 +298,9 @@ def showing(progress: Progress, terminal: bool, console: Any = None) -> Iterator
             finally:  # the last figures stay on screen; a run that simulated nothing leaves none
                 live.transient = not progress.total
         return
-    lines = ProgressLines()
+    from flows.runs.progress import ProgressLines
+
+    lines = ProgressLines(_progress_line, PROGRESS_EVERY_S)
     progress.watch = lines
     try:
         yield
@@ -302,11 +316,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_calls is not None and args.max_calls <= 0:
         raise ConfigError("--max-calls: must be a positive number of calls")
     cfg = with_overrides(_with_sample(_load(args), args.sample), None, args.max_calls)
+    if args.force:
+        cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"force": True})})
     out = Path(args.out) if args.out else None
     progress = Progress(run_prices(cfg))
     with showing(progress, sys.stderr.isatty()):
         result = run_pipeline(cfg, out, args.seeds, progress=progress)
     s = result.summary
+    if not result.published:
+        if s["breaker"]["tripped"]:
+            print(
+                f"stopped: {s['breaker']['reason'].removeprefix('not started: ')}; "
+                f"{s['breaker']['not_started']} dialogues not started, "
+                f"{s['quality']['failed']} failed (reasons in summary.json, "
+                "quality.failures). Every finished call is cached: once the endpoint answers "
+                "again, rerun and only the rest is paid for.",
+                file=sys.stderr,
+            )
+        print(f"error: {result.message}", file=sys.stderr)
+        return EXIT_STOPPED if s["breaker"]["tripped"] else EXIT_GATES
     print(
         f"{sum(s['dialogues'].values())} dialogues "
         f"({', '.join(f'{k} {v}' for k, v in s['dialogues'].items())}), "
@@ -314,12 +342,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{s['quality']['failed']} failed, {s['lm']['calls']} LM calls, "
         f"{s['lm']['cache_hits']} cache hits, {s['elapsed_s']:.1f} s"
     )
+    print(f"version: {s['version']} (previous: {s['previous_version'] or 'none'})")
     print(f"dataset: {result.out / 'dataset.parquet'} (ShareGPT: {result.out / 'dataset.jsonl'})")
     print(f"report:  {result.out / 'report.md'}")
-    if s["breaker"]["tripped"]:
+    if s["breaker"]["tripped"]:  # published anyway: --force
         print(
             f"stopped: {s['breaker']['reason'].removeprefix('not started: ')}. "
-            f"{sum(s['dialogues'].values())} dialogues are written to {result.out}; "
+            f"{sum(s['dialogues'].values())} dialogues are published in {result.out}; "
             f"{s['breaker']['not_started']} were not started and {s['quality']['failed']} "
             "failed (reasons in summary.json, quality.failures). Every finished call is "
             "cached: once the endpoint answers again, rerun and only the rest is paid for.",
@@ -332,6 +361,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             "are unfinished (their finished calls are cached: run again to complete them)",
             file=sys.stderr,
         )
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.commands.versions import format_versions, list_versions
+
+    listed = list_versions(Path(args.dir))
+    print(json.dumps(listed, indent=2) if args.json else format_versions(listed))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.commands.versions import diff_versions, format_diff
+
+    result = diff_versions(Path(args.dir), args.a, args.b)
+    print(json.dumps(result, indent=2) if args.json else format_diff(result, args.ids))
     return 0
 
 
@@ -499,9 +548,11 @@ def cmd_lm_check(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """The errors that are the user's to fix, one line each. Imported once one is raised, not
     before: `master run` does not load the optimizer, and its module is loaded by then."""
+    from flows.commands.versions import VersionsError
     from flows.core.files import OutputLockedError
     from flows.ingest.seeds import SeedSourceError
     from flows.optimization.experiment import ExperimentError
+    from flows.publish.versions import ForeignFilesError
     from flows.publish.writers import PublishError
     from modules.lm.embedded import EmbeddedModelError
     from modules.lm.settings import LMConfigError
@@ -514,6 +565,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
         PublishError,
         ExperimentError,
         OutputLockedError,
+        ForeignFilesError,
+        VersionsError,
     )
 
 
@@ -533,8 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["lm", "--help"])
     if args.command == "cache" and args.cache_command is None:
         parser.parse_args(["cache", "--help"])
-    # `run` leaves DSPy's patches to the pipeline: a replayed run never loads DSPy
-    setup(dspy=args.command != "run")
+    # `run` leaves DSPy's patches to the pipeline (a replayed run never loads DSPy); the
+    # version commands read files only
+    setup(dspy=args.command not in ("run", "versions", "diff"))
     _setup_logging(args.verbose)
     try:
         if args.command == "run":
@@ -549,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_show_prompts(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "versions":
+            return cmd_versions(args)
+        if args.command == "diff":
+            return cmd_diff(args)
         if args.command == "optimize":
             return cmd_optimize(args)
         return cmd_lm_check(args)

@@ -256,6 +256,13 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
         pass
 
 
+def latest_attempt(out: Path) -> Path:
+    """The newest run an output folder set aside for failing its gates."""
+    attempts = sorted((out / "attempts").iterdir())
+    assert attempts, f"no attempt in {out}"
+    return attempts[-1]
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     """The end of a child's log, for assertion messages."""
     text = path.read_text(errors="replace") if path.exists() else "(no log)"

@@ -283,10 +283,47 @@ class MergeConfig(BaseModel):
     )
 
 
-class PublishConfig(BaseModel):
-    """Extra copies of the dataset: a `datasets` folder and, optionally, the Hugging Face Hub."""
+class GatesConfig(BaseModel):
+    """What a run must show before it replaces the published version (flows/publish/gates.py).
+    A gate set to null is not checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_failed_share: float | None = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="share of the run's seeds whose dialogue failed to generate (an LM call "
+        "failed, the circuit breaker stopped it, no analogy partner)",
+    )
+    min_rows_vs_previous: float | None = Field(
+        default=0.9,
+        ge=0.0,
+        description="rows as a share of the previous version's, scaled down when the seed set "
+        "shrank",
+    )
+    max_accepted_drop: float | None = Field(
+        default=0.10,
+        ge=0.0,
+        le=1.0,
+        description="how far the accepted share may fall below the previous version's",
+    )
+    min_rows: int | None = Field(default=1, ge=0, description="rows the version must have")
+
+
+class PublishConfig(BaseModel):
+    """Where the dataset goes: versions in the output folder, a `datasets` folder and,
+    optionally, the Hugging Face Hub."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_versions: int = Field(
+        default=7, ge=1, description="published versions kept in the output folder (newest)"
+    )
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    force: bool = Field(
+        default=False, description="publish even when a gate fails (`master run --force`)"
+    )
 
     name: str = Field(default="master_augmented", pattern=r"^[A-Za-z0-9_.-]+$")
     save_to_disk: bool = True

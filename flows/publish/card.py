@@ -20,6 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from flows.core.config import MasterConfig
 from flows.planning.jobs import ROLES_BY_SCENARIO
+from flows.publish.changes import changes_markdown
 from flows.publish.paper_setup import NOT_GIVEN, differences
 from flows.publish.report import markdown_table
 from flows.quality.lengths import counts_by, length_stats
@@ -92,6 +93,7 @@ def card_sections(
     ]
     stats = length_stats(rows)
     stat_keys = ["min", "p50", "p90", "max", "mean"]
+    version = summary.get("version")
     sections = [
         f"# {cfg.publish.name}\n\n"
         "Multi-agent classroom dialogues generated with MASTER (arXiv 2506.02689): weak students "
@@ -118,7 +120,8 @@ def card_sections(
             "(publish.flawed_turns: train)"
         ),
         "## Provenance\n\n"
-        f"Generated {when}; config hash `{summary.get('config_hash', '')}`; merge mode "
+        + (f"Version `{version}`. " if version else "")
+        + f"Generated {when}; config hash `{summary.get('config_hash', '')}`; merge mode "
         f"`{cfg.merge.mode}`.\n\n"
         + markdown_table(["role", "model", "temperature", "max tokens"], lm_rows)
         + "\n\n"
@@ -134,6 +137,7 @@ def card_sections(
         + f"\n\nSeeds: {summary['seeds'].get('kept', 0)} kept of "
         f"{summary['seeds'].get('loaded', 0)} loaded. Dialogues accepted: "
         f"{quality['accepted']}; rejected: {quality['rejected']}.",
+        *([changes_markdown(summary["changes"])] if summary.get("changes") else []),
         "## Quality checks\n\n"
         "Pass rate = passed / checked; a check that does not apply to a dialogue is not counted. "
         f"Hard checks (a failure drops the dialogue): {', '.join(sorted(cfg.quality.hard))}.\n\n"

@@ -43,6 +43,34 @@ _LM_COLUMNS = {
 }
 
 
+def _release(summary: dict[str, Any]) -> list[str]:
+    """The version, its gates and what changed since the previous one (flows/publish)."""
+    if "gates" not in summary:
+        return []
+    from flows.publish.changes import changes_markdown
+
+    gates = summary["gates"]
+    verdict = (
+        "passed" if gates["passed"] else "failed, published anyway (--force)"
+        if gates["forced"] else "failed: not published"
+    )  # fmt: skip
+    rows = [
+        [name, c["value"], c["limit"], "ok" if c["ok"] else "**failed**"]
+        for name, c in gates["checked"].items()
+    ]
+    return [
+        f"## Version {summary['version']}",
+        "",
+        f"Previous version: {summary.get('previous_version') or 'none'}. Publish gates "
+        f"{verdict}" + "".join(f"\n- {reason}" for reason in gates["failed"]),
+        "",
+        markdown_table(["gate", "value", "limit", "result"], rows),
+        "",
+        changes_markdown(summary["changes"]),
+        "",
+    ]
+
+
 def render_report(
     summary: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -68,6 +96,7 @@ def render_report(
             ["scenario", "dialogues"], [[s, summary["dialogues"][s]] for s in SCENARIOS]
         ),
         "",
+        *_release(summary),
         _quality(summary["quality"]),
         "",
         "## LM calls",

@@ -254,9 +254,11 @@ def hub_client(token: str) -> Any:
     return HfApi(token=token)
 
 
-def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
+def push_to_hub(out: Path, publish: PublishConfig, version: str | None = None) -> str | None:
     """Upload the card and the files it names to the dataset repo publish.push_to_hub, in one
-    commit, so `datasets.load_dataset(repo)` reads the rows the card describes."""
+    commit, so `datasets.load_dataset(repo)` reads the rows the card describes. With a
+    `version`, the commit message names it and the commit is tagged with it, so
+    `load_dataset(repo, revision=version)` reads that version."""
     if not publish.push_to_hub:
         return None
     repo = publish.push_to_hub
@@ -283,15 +285,24 @@ def push_to_hub(out: Path, publish: PublishConfig) -> str | None:
     try:
         api = hub_client(token)
         api.create_repo(repo, repo_type="dataset", private=publish.private, exist_ok=True)
-        api.create_commit(
+        named = f" version {version}" if version else ""
+        commit = api.create_commit(
             repo,
             repo_type="dataset",
             operations=[
                 hf_hub.CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name))
                 for name in files
             ],
-            commit_message=f"MASTER: {publish.name} ({', '.join(files)})",
+            commit_message=f"MASTER: {publish.name}{named} ({', '.join(files)})",
         )
+        if version:
+            api.create_tag(
+                repo,
+                tag=version,
+                revision=commit.oid,
+                repo_type="dataset",
+                tag_message=f"MASTER: {publish.name}{named}",
+            )
     except Exception as exc:  # noqa: BLE001 - wrapped at the boundary, one line
         text = " ".join(str(exc).replace(token, "***").split())[:300]
         raise PublishError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from flows.publish.merge import PublishedRows, merge_refs, standing_in
 from flows.publish.plots import PLOTS, plots_markdown
 from flows.publish.report import render_report
 from flows.publish.spill import clear_spills, spill_folder
+from flows.publish.versions import OutputFolder, Release
 from flows.runs.prewarm import prewarm
 from flows.runs.run_cache import RunStore, run_key
 from flows.simulation.saved_programs import version_prints
@@ -48,8 +50,19 @@ log = logging.getLogger("master")
 
 @dataclass
 class RunResult:
+    """A run's summary; `published` False when it failed a gate: the output folder still
+    holds the previous version, and `message` (one line) says why and where `attempt` is."""
+
     out: Path
     summary: dict[str, Any]
+    published: bool = True
+    attempt: Path | None = None
+    message: str = ""
+
+    @property
+    def files(self) -> Path:
+        """Where this run's files are: the output folder, or its attempt when not published."""
+        return self.out if self.published else self.attempt or self.out
 
 
 def with_overrides(
@@ -67,22 +80,25 @@ def with_overrides(
 
 def publish(
     cfg: MasterConfig,
-    out: Path,
+    release: Release,
     loaded: LoadResult,
     plan_rejects: list[Reject],
     collected: Collected,
     started: float,
     key: str | None = None,
 ) -> dict[str, Any]:
-    """Filter, merge and write every output file; return the summary (also summary.json).
+    """Filter, merge and write every output file into the release's staging folder; return
+    the summary (also summary.json), with the version, the changes and the gates.
 
     The rows are read back from the spill in published order, a batch at a time. With a run
     key (flows/runs/run_cache.py) a settled run's outputs are stored for replay."""
     from flows.publish.card import render_card
     from flows.publish.collect import in_order
     from flows.publish.plots import write_plots
-    from flows.publish.writers import push_to_hub, write_dataset, write_rejects
+    from flows.publish.writers import write_dataset, write_rejects
     from flows.quality.lengths import row_shape
+
+    out = release.staged
 
     storing = key is not None and collected.settled
     failed = [*plan_rejects, *in_order(collected.failed)]
@@ -148,17 +164,38 @@ def publish(
     )
     write_rejects(out, [*loaded.rejects, *failed, *dropped, *stopped])
     plots = write_plots(out, shapes, pass_rates)
+    summary.update(versioned(cfg, release, summary))
     summary["elapsed_s"] = round(time.monotonic() - started, 3)
     embedded = any(cfg.lms.for_role(r).is_embedded for r in collected.roles())  # type: ignore[arg-type]
     images = plots_markdown(plots)
-    write_text(out / "report.md", render_report(summary, samples, embedded, str(out), images))
+    shown = str(release.folder.root)
+    write_text(out / "report.md", render_report(summary, samples, embedded, shown, images))
     card = render_card(cfg, summary, shapes, collected.versions, images)
     write_text(out / "README.md", card)
     write_json(out / "summary.json", summary)
     if storing:
         _remember(cfg, out, key, summary, collected, samples)  # type: ignore[arg-type]
-    push_to_hub(out, cfg.publish)
     return summary
+
+
+def versioned(cfg: MasterConfig, release: Release, summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's `version`, `previous_version`, `changes` (against the published
+    version) and `gates`, once the staged dataset.parquet is written."""
+    from flows.publish.changes import changes_block, diff_rows, read_rows
+    from flows.publish.gates import check_gates
+
+    previous = release.previous
+    before = previous.summary if previous else None
+    kinds = diff_rows(
+        read_rows(previous.path / "dataset.parquet" if previous else None),
+        read_rows(release.staged / "dataset.parquet"),
+    )
+    return {
+        "version": release.new_id(),
+        "previous_version": previous.id if previous else None,
+        "changes": changes_block(previous.id if previous else None, kinds, before, summary),
+        "gates": check_gates(summary, before, cfg.publish.gates, cfg.publish.force),
+    }
 
 
 #: what report.md shows of a scenario's first row, kept with a stored run for its replay
@@ -196,17 +233,23 @@ def program_versions(cfg: MasterConfig) -> dict[str, str]:
     return {**versions, "judge": program_version(Judge())}
 
 
-def replay(cfg: MasterConfig, out: Path, key: str | None, started: float) -> dict[str, Any] | None:
-    """Restore the outputs of an earlier run with exactly these inputs; None if there is none.
+def replay(
+    cfg: MasterConfig, release: Release, key: str | None, started: float
+) -> dict[str, Any] | None:
+    """Restore the outputs of an earlier run with exactly these inputs into the release's
+    staging folder; None if there is none.
 
-    The dataset files, rejects, card and plots are the stored ones; summary.json and
-    report.md describe this run: no LM call made, every call a cache hit."""
+    The dataset files, rejects and plots are the stored ones; summary.json, report.md and the
+    card's changes describe this run: no LM call made, every call a cache hit, the changes
+    since the version published now."""
     if key is None:
         return None
+    out = release.staged
     stored = RunStore(cfg.cache.dir, cfg.cache.keep_runs).restore(key, out)
     if stored is None:
         return None
     summary = {**stored["summary"], "lm": stored["lm_replayed"], "run_cache": "hit"}
+    summary.update(versioned(cfg, release, summary))
     sample = stored.get("samples")
     if sample is None:  # stored before the samples were kept
         import polars as pl
@@ -222,19 +265,21 @@ def replay(cfg: MasterConfig, out: Path, key: str | None, started: float) -> dic
     embedded = any(cfg.lms.for_role(r).is_embedded for r in roles_in_use(cfg))
     images = plots_markdown([out / name for name in PLOTS if (out / name).exists()])
     summary["elapsed_s"] = round(time.monotonic() - started, 3)
-    write_text(out / "report.md", render_report(summary, sample, embedded, str(out), images))
-    write_json(out / "summary.json", summary)
-    if cfg.publish.push_to_hub:
-        from flows.publish.writers import push_to_hub
+    shown = str(release.folder.root)
+    write_text(out / "report.md", render_report(summary, sample, embedded, shown, images))
+    if (out / "README.md").exists():
+        from flows.publish.changes import with_changes
 
-        push_to_hub(out, cfg.publish)
+        card = (out / "README.md").read_text(encoding="utf-8")
+        write_text(out / "README.md", with_changes(card, summary["changes"]))
+    write_json(out / "summary.json", summary)
     log.info("inputs unchanged since a stored run: its outputs restored, no LM call made")
     return summary
 
 
 def replay_run(
     cfg: MasterConfig,
-    out: Path,
+    release: Release,
     seed_paths: list[str] | None,
     embedder: Embedder | None,
     started: float,
@@ -247,7 +292,7 @@ def replay_run(
     if versions is None:
         versions = program_versions(cfg)  # raises the ConfigError that names the missing file
     key = run_key(cfg, versions, seed_paths, embedder)
-    return key, replay(cfg, out, key, started)
+    return key, replay(cfg, release, key, started)
 
 
 def load_stage(cfg: MasterConfig, seed_paths: list[str] | None) -> LoadResult:
@@ -312,30 +357,66 @@ def drive(
     embedder: Embedder | None = None,
     stages: Stages | None = None,
 ) -> RunResult:
-    """The main job: replay an unchanged run, or load -> plan -> simulate -> publish. Holds
-    the output folder for the whole run (a second run on it refuses at once)."""
+    """The main job: replay an unchanged run, or load -> plan -> simulate -> publish, into a
+    staging folder; then publish it as the output folder's new version if it passes its
+    gates, or set it aside (flows/publish/versions.py). Holds the output folder for the whole
+    run (a second run on it refuses at once)."""
     stages = stages or Stages()
     started = time.monotonic()
     check_keys(cfg.lms, roles_in_use(cfg))
     with output_lock(out):
-        key, replayed = stages.replay(cfg, out, seed_paths, embedder, started)
-        if replayed is not None:
-            return RunResult(out=out, summary=replayed)
-        setup()  # DSPy's patches, before its programs run (a replay has none to run)
-        loaded = stages.load(cfg, seed_paths)
-        jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
+        folder = OutputFolder(out)
+        folder.prepare()
+        release = Release(folder, folder.stage(), folder.current())
         try:
-            collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
-            if cfg.merge.backfill == "resimulate":
-                from flows.runs.backfill import resimulate
+            key, summary = stages.replay(cfg, release, seed_paths, embedder, started)
+            if summary is None:
+                setup()  # DSPy's patches, before its programs run (a replay has none to run)
+                loaded = stages.load(cfg, seed_paths)
+                jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
+                collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
+                if cfg.merge.backfill == "resimulate":
+                    from flows.runs.backfill import resimulate
 
-                plan_rejects += resimulate(
-                    cfg, out, seed_paths, embedder, stages, loaded, collected
+                    plan_rejects += resimulate(
+                        cfg, out, seed_paths, embedder, stages, loaded, collected
+                    )
+                summary = stages.publish(
+                    cfg, release, loaded, plan_rejects, collected, started, key
                 )
-            summary = stages.publish(cfg, out, loaded, plan_rejects, collected, started, key)
+            return settle(cfg, release, summary)
         finally:
             clear_spills(out)
-    return RunResult(out=out, summary=summary)
+            shutil.rmtree(release.staged, ignore_errors=True)
+
+
+def settle(cfg: MasterConfig, release: Release, summary: dict[str, Any]) -> RunResult:
+    """Publish the staged outputs as the new version if they passed their gates (or the run
+    was forced), then push that version to the Hub; otherwise set them aside under attempts/
+    and leave the published version as it is."""
+    folder, gates = release.folder, summary["gates"]
+    previous = release.previous.id if release.previous else "none yet"
+    if gates["passed"] or gates["forced"]:
+        version = folder.publish(release.staged, summary["version"])
+        for line in gates["failed"]:
+            log.warning("gate failed, published anyway (--force): %s", line)
+        log.info("published version %s in %s (previous: %s)", version.id, folder.root, previous)
+        removed = folder.prune(cfg.publish.keep_versions)
+        if removed:
+            log.info("pruned %d old version(s): %s", len(removed), ", ".join(removed))
+        if cfg.publish.push_to_hub:
+            from flows.publish.writers import push_to_hub
+
+            push_to_hub(version.path, cfg.publish, version.id)
+        return RunResult(out=folder.root, summary=summary)
+    attempt = folder.set_aside(release.staged, summary["version"])
+    folder.prune(cfg.publish.keep_versions)
+    message = (
+        f"not published, {'; '.join(gates['failed'])}: {folder.root} still holds version "
+        f"{previous}; this run's outputs are in {attempt.path} (--force publishes anyway)"
+    )
+    log.warning("not published: %s", "; ".join(gates["failed"]))
+    return RunResult(folder.root, summary, published=False, attempt=attempt.path, message=message)
 
 
 def run_pipeline(

@@ -160,3 +160,28 @@ class Progress:
     def _changed(self) -> None:
         if self.watch is not None:
             self.watch(self)
+
+
+class ProgressLines:
+    """A watcher that shows progress as lines: `write(progress)` at most every `every`
+    seconds while seeds finish (the CLI off a terminal, the flow into its run's logs), and
+    `write` once more at the end, by whoever holds it."""
+
+    def __init__(
+        self,
+        write: Callable[[Progress], None],
+        every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.write = write
+        self.every = every
+        self.clock = clock
+        self.last: float | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        now = self.clock()
+        if self.last is None:  # the first seeds were added: the clock starts
+            self.last = now
+        elif now - self.last >= self.every:
+            self.last = now
+            self.write(progress)

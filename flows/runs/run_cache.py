@@ -108,6 +108,8 @@ def run_key(
     for role in config["lms"].values():
         for key in ("api_base", "timeout_s", "max_concurrency"):
             role.pop(key, None)
+    for key in ("keep_versions", "gates", "force"):  # whether to publish, not what
+        config["publish"].pop(key, None)
     payload = {
         "v": RUN_FORMAT,
         "code": source_fingerprint("flows", "modules", "signatures"),

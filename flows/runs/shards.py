@@ -149,11 +149,15 @@ def _shard(
 
 
 def run_shard(
-    jobs: list[Job], cfg: MasterConfig, budget: CallBudget | None = None
+    jobs: list[Job],
+    cfg: MasterConfig,
+    budget: CallBudget | None = None,
+    progress: Progress | None = None,
 ) -> list[Outcome]:
-    """A shard's outcomes, in job order (what a Prefect task hands back to its flow)."""
+    """A shard's outcomes, in job order (what a Prefect task hands back to its flow); each
+    counted in `progress` (shared by the shards of one process) as it is final."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    _shard(jobs, cfg, budget, outcomes.__setitem__)
+    _shard(jobs, cfg, budget, outcomes.__setitem__, progress)
     return outcomes  # type: ignore[return-value]
 
 

@@ -8,15 +8,17 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import role_lms, run_cli
+from conftest import latest_attempt, role_lms, run_cli
 from fake_llm import FakeLLMServer
 
 
-def _run(config: Path, out: Path) -> dict:
+def _run(config: Path, out: Path, code: int = 0) -> dict:
+    """The run's summary.json: the published one, or with a non-zero `code` the newest
+    attempt's (a run that fails its gates is set aside)."""
     proc = run_cli("run", "--config", str(config), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
-    return json.loads((out / "summary.json").read_text())
+    return json.loads((latest_attempt(out) if code else out).joinpath("summary.json").read_text())
 
 
 def test_transient_faults_are_retried_and_every_dialogue_completes(
@@ -37,8 +39,9 @@ def test_what_still_fails_is_listed_and_the_next_run_completes_it(
 ) -> None:
     with FakeLLMServer(status_override=503) as down:
         config = write_config(role_lms(down.base_url), sample=6, run={"concurrency": 2})
-        first = _run(config, tmp_path / "out")
+        first = _run(config, tmp_path / "out", code=4)  # every seed failed: not published
     assert sum(first["dialogues"].values()) == 0 and first["quality"]["failed"] == 6
+    assert not (tmp_path / "out" / "summary.json").exists()
     assert first["quality"]["failures"] and all(
         "503" in reason or "Service" in reason or "unavailable" in reason.lower()
         for reason in first["quality"]["failures"]
@@ -54,7 +57,8 @@ def test_malformed_and_cut_off_answers_are_retried_or_reported(
     write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     with FakeLLMServer(script=["malformed", "length", "malformed", "length"]) as server:
-        config = write_config(role_lms(server.base_url), sample=6, run={"concurrency": 1})
+        config = write_config(role_lms(server.base_url), sample=6, run={"concurrency": 1},
+                              publish={"gates": {"max_failed_share": None}})  # fmt: skip
         summary = _run(config, tmp_path / "out")
     done = sum(summary["dialogues"].values())
     assert done + summary["quality"]["failed"] == 6
@@ -142,12 +146,13 @@ def test_the_circuit_breaker_stops_a_run_against_a_dead_server(
         attempts = down.request_count
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert "dialogues failed in a row" in proc.stderr and "rerun" in proc.stderr
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    attempt = latest_attempt(tmp_path / "out")  # not published: set aside
+    summary = json.loads((attempt / "summary.json").read_text())
     breaker = summary["breaker"]
     assert breaker["tripped"] and breaker["not_started"] >= 10
     assert summary["quality"]["failed"] + breaker["not_started"] == 20
     assert attempts <= (20 - breaker["not_started"]) * 4  # nothing sent after it tripped
-    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    rejects = pl.read_parquet(attempt / "rejects.parquet")
     assert rejects.filter(pl.col("stage") == "breaker").height == breaker["not_started"]
 
     port = int(down.base_url.split(":")[2].split("/")[0])

@@ -5,6 +5,7 @@ local folder, the "repo") and load that folder as the Hub would serve it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -16,13 +17,13 @@ from typing import Any
 import datasets
 import polars as pl
 import pytest
-from huggingface_hub import CommitOperationAdd, DatasetCard, constants
+from huggingface_hub import CommitInfo, CommitOperationAdd, DatasetCard, constants
 
 import flows.publish.writers as writers
 from conftest import role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
-from flows.runs.pipeline import run_pipeline
+from flows.runs.pipeline import RunResult, run_pipeline
 
 TOKEN = "hf_canary_5d1c9a7e3b"
 REPO = "someone/classroom"
@@ -33,6 +34,8 @@ class RecordingHub:
 
     def __init__(self, repo: Path, fail: Exception | None = None) -> None:
         self.repo, self.fail = repo, fail
+        self.tags = repo.parent / "tags"  # revision=TAG reads the repo as tagged
+        self.commits: list[str] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, **kwargs: Any) -> RecordingHub:  # HfApi(token=...)
@@ -43,8 +46,9 @@ class RecordingHub:
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
         return f"https://huggingface.co/datasets/{repo_id}"
 
-    def create_commit(self, repo_id: str, operations: list[Any], **kwargs: Any) -> None:
-        self.calls.append(("create_commit", {"repo_id": repo_id, "operations": operations}))
+    def create_commit(self, repo_id: str, operations: list[Any], **kwargs: Any) -> CommitInfo:
+        self.calls.append(("create_commit", {"repo_id": repo_id, "operations": operations,
+                                             **kwargs}))  # fmt: skip
         if self.fail:
             raise self.fail
         for op in operations:
@@ -52,9 +56,21 @@ class RecordingHub:
             target = self.repo / op.path_in_repo
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(op.path_or_fileobj, target)
+        oid = f"{len(self.commits):040x}"
+        self.commits.append(oid)
+        url = f"https://huggingface.co/datasets/{repo_id}/commit/{oid}"
+        return CommitInfo(commit_url=url, commit_message=kwargs["commit_message"],
+                          commit_description="", oid=oid)  # fmt: skip
+
+    def create_tag(self, repo_id: str, *, tag: str, revision: str, **kwargs: Any) -> None:
+        """The tag points at `revision`: the repo as that commit left it, kept under tags/."""
+        self.calls.append(("create_tag", {"repo_id": repo_id, "tag": tag, "revision": revision,
+                                          **kwargs}))  # fmt: skip
+        assert revision == self.commits[-1]
+        shutil.copytree(self.repo, self.tags / tag)
 
     def uploaded(self) -> list[str]:
-        (commit,) = [kw for name, kw in self.calls if name == "create_commit"]
+        commit = [kw for name, kw in self.calls if name == "create_commit"][-1]
         return [op.path_in_repo for op in commit["operations"]]
 
 
@@ -67,9 +83,12 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordingHub:
     return recorder
 
 
-def _run(write_config: Callable[..., Path], fake_llm: FakeLLMServer, out: Path) -> None:
-    config = write_config(role_lms(fake_llm.base_url), sample=6, publish={"push_to_hub": REPO})
-    run_pipeline(load_config(config, environ={}), out, embedder=None)
+def _run(
+    write_config: Callable[..., Path], fake_llm: FakeLLMServer, out: Path, sample: int = 6
+) -> RunResult:
+    config = write_config(role_lms(fake_llm.base_url), sample=sample,
+                          publish={"push_to_hub": REPO})  # fmt: skip
+    return run_pipeline(load_config(config, environ={}), out, embedder=None)
 
 
 def test_the_upload_is_the_card_and_exactly_the_files_it_names_and_it_loads(
@@ -83,7 +102,9 @@ def test_the_upload_is_the_card_and_exactly_the_files_it_names_and_it_loads(
     out = tmp_path / "out"
     _run(write_config, fake_llm, out)
 
-    assert [name for name, _ in hub.calls] == ["HfApi", "create_repo", "create_commit"]
+    assert [name for name, _ in hub.calls] == [
+        "HfApi", "create_repo", "create_commit", "create_tag"
+    ]  # fmt: skip
     assert hub.calls[0][1] == {"token": TOKEN}  # from the variable publish.token_env names
     assert hub.calls[1][1] == {
         "repo_id": REPO, "repo_type": "dataset", "private": True, "exist_ok": True
@@ -107,6 +128,31 @@ def test_the_upload_is_the_card_and_exactly_the_files_it_names_and_it_loads(
     assert loaded["train"]["seed_id"] == published["seed_id"].to_list()
     assert loaded["train"]["conversations"] == published["conversations"].to_list()
     assert TOKEN not in caplog.text and TOKEN not in (out / "README.md").read_text()
+
+
+def test_each_version_is_one_commit_named_and_tagged_for_it_and_a_failed_run_pushes_nothing(
+    hub: RecordingHub, fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = _run(write_config, fake_llm, out, sample=6).summary["version"]
+    second = _run(write_config, fake_llm, out, sample=9).summary["version"]
+    commits = [kw for name, kw in hub.calls if name == "create_commit"]
+    tags = [kw for name, kw in hub.calls if name == "create_tag"]
+    assert len(commits) == 2 and [t["tag"] for t in tags] == [first, second]
+    assert first in commits[0]["commit_message"] and second in commits[1]["commit_message"]
+    assert [t["revision"] for t in tags] == hub.commits and tags[0]["repo_type"] == "dataset"
+
+    # revision=VERSION reads that night's rows, whatever was pushed since
+    for version, rows in ((first, 6), (second, 9)):
+        night = datasets.load_dataset(str(hub.tags / version), cache_dir=str(tmp_path / "hf"))
+        assert night["train"].num_rows == rows
+        assert DatasetCard.load(hub.tags / version / "README.md").text.count(version) >= 1
+
+    # a run that fails its gates (every call fails) pushes nothing, and the Hub keeps night 2
+    fake_llm.status_override = 500
+    failed = _run(write_config, fake_llm, out, sample=12)
+    assert not failed.published and len(hub.calls) == 8  # nothing after the second tag
+    assert json.loads((out / "summary.json").read_text())["version"] == second
 
 
 def test_a_failed_upload_is_one_line_without_the_token(

@@ -132,7 +132,8 @@ def test_a_failing_endpoint_rejects_dialogues_and_the_run_goes_on(
     lms["peer"]["api_base"] = "http://127.0.0.1:9/v1"  # closed port: every debate fails
     config = write_config(lms, sample=6)
     result = _run(config, embedder, tmp_path / "out")
-    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert not result.published  # 2 of 6 failed: over the gate's 5%
+    rejects = pl.read_parquet(result.files / "rejects.parquet")
     failed = rejects.filter(pl.col("stage") == "simulate")
     assert result.summary["dialogues"]["debate"] == 0 and failed.height == 2
     assert result.summary["dialogues"]["error_correction"] == 2

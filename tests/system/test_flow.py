@@ -66,11 +66,43 @@ def test_augment_flow_writes_outputs_and_artifacts(
             artifacts = await client.read_artifacts()
             logs = await client.read_logs()
         done = [a.data for a in artifacts if a.key == "augment-progress"]
-        return done, [log.message for log in logs if "seeds done" in log.message]
+        return done, [log.message for log in logs]
 
     done, lines = asyncio.run(progress())
     assert 100.0 in done
-    assert f"6/6 seeds done, {calls} LM calls, 0 cache hits, eta 0 s" in lines
+    # the pipeline's own lines (the `master` logger) are the flow run's logs: the stages, the
+    # last progress line, the version published
+    assert any(line.startswith("kept 6 seeds") for line in lines), lines
+    assert any(line.startswith(f"seeds 6/6, accepted 6, rejected 0, {calls} LM calls, 0 "
+                               "cache hits") for line in lines), lines  # fmt: skip
+    assert any(f"published version {summary['version']}" in line for line in lines), lines
+
+
+def test_a_run_that_fails_its_gates_ends_failed_with_one_line_and_keeps_the_last_version(
+    prefect_server: None,
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flows.planning.retrieval
+    from conftest import hashing_embedder
+    from flows.augment import augment
+
+    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
+    config = write_config(role_lms(fake_llm.base_url), sample=6)
+    out = tmp_path / "out"
+    good = augment(config_path=str(config), out=str(out))
+    fake_llm.status_override = 503  # the endpoint fails every call
+    state = augment(config_path=str(config), out=str(out), sample=9, return_state=True)
+    assert state.is_failed() and "\n" not in state.message
+    assert state.message.startswith("not published, ") and good["version"] in state.message
+    assert json.loads((out / "summary.json").read_text())["version"] == good["version"]
+    forced = augment(config_path=str(config), out=str(out), sample=9, force=True,
+                     return_state=True)  # fmt: skip
+    assert forced.is_completed()  # not stopped by the breaker: the gates only, overridden
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gates"]["forced"] and summary["previous_version"] == good["version"]
 
 
 def test_the_augment_flow_runs_a_saved_program_version(

@@ -24,9 +24,15 @@ SERVE = PROJECT / "deploy" / "serve.sh"
 VENV = Path(sys.executable).parent.parent  # the virtualenv running these tests
 
 
+#: where make serve's alert automation (deploy/alerts.yaml) would POST; nothing listens
+ALERT_URL = "http://127.0.0.1:9/master-alert"
+
+
 def _serve(command: str, state: Path, timeout: float = 420) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(MASTER_SERVE_DIR=str(state), MASTER_VENV=str(VENV))
+    env.update(
+        MASTER_SERVE_DIR=str(state), MASTER_VENV=str(VENV), MASTER_ALERT_WEBHOOK_URL=ALERT_URL
+    )
     return subprocess.run(
         ["bash", str(SERVE), command],
         capture_output=True, text=True, cwd=PROJECT, env=env, timeout=timeout,
@@ -62,6 +68,14 @@ def test_serve_starts_reports_and_stops_exactly_what_it_started(tmp_path: Path) 
             assert client.get("/health").status_code == 200
             names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
             assert names >= {"nightly", "adhoc", "experiment"}
+            (alert,) = client.post("/automations/filter", json={}).json()
+            assert alert["name"] == "master-nightly-failed" and alert["enabled"]
+            (action,) = alert["actions"]
+            assert action["type"] == "call-webhook"
+            block = client.get(f"/block_documents/{action['block_document_id']}",
+                               params={"include_secrets": True}).json()  # fmt: skip
+            assert block["name"] == "master-alert-webhook"
+            assert block["data"]["url"] == ALERT_URL
             deadline = time.monotonic() + 120  # the worker registers on its first poll
             while not any(
                 w["name"] == "master-local"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from flows.cli import ProgressLines, showing
+from flows.cli import _progress_line, showing
 from flows.core.records import Reject
-from flows.runs.progress import Figures, Progress, duration
+from flows.runs.progress import Figures, Progress, ProgressLines, duration
 from modules.lm.call_cache import CallRecord
 
 
@@ -108,7 +108,7 @@ def test_off_a_terminal_a_line_at_most_every_ten_seconds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     clock = Clock()
-    lines = ProgressLines(clock=clock)
+    lines = ProgressLines(_progress_line, clock=clock)
     progress = Progress(watch=lines, clock=clock)
     progress.add(100)
     for _ in range(100):  # a seed every 0.25 s: 25 s in all
