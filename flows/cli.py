@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     versions.add_argument("dir", metavar="DIR", help="an output folder of `master run`")
     versions.add_argument("--json", action="store_true", help="print as JSON")
+    versions.add_argument("-v", "--verbose", action="store_true", help="log more")
 
     diff = sub.add_parser(
         "diff",
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("b", nargs="?", metavar="B", help="newer version id (or a prefix)")
     diff.add_argument("--ids", type=int, default=20, metavar="N", help="seed ids shown per kind")
     diff.add_argument("--json", action="store_true", help="print as JSON, every seed id")
+    diff.add_argument("-v", "--verbose", action="store_true", help="log more")
 
     seeds = sub.add_parser(
         "seeds",
