@@ -183,7 +183,7 @@ def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, .
         wall = time.monotonic() - start
         cpu = time.process_time() - cpu0 + children() - child0
         requests = served()
-        reasons = _reject_reasons(Path(tmp) / "out")
+        reasons = _reject_reasons(result.files)  # published, or set aside by a gate
     return {
         "result": result,
         "wall": wall,
@@ -556,13 +556,13 @@ def bench_soak(seeds: int = 10_000) -> dict:
         cfg_path = _seeds_config(tmp, base_url, _variants(seeds, seed=4), **quality)
         start = time.monotonic()
         out = Path(tmp) / "out"
-        summary = run_pipeline(
-            load_config(cfg_path, environ={}), out, embedder=hashing_embedder
-        ).summary
+        result = run_pipeline(load_config(cfg_path, environ={}), out, embedder=hashing_embedder)
+        summary = result.summary
         wall = time.monotonic() - start
         requests = served()
-        rows = pl.read_parquet(out / "dataset.parquet")
-        rejects = pl.read_parquet(out / "rejects.parquet")
+        # the run's own files, published or set aside by a gate (the soak counts every seed)
+        rows = pl.read_parquet(result.files / "dataset.parquet")
+        rejects = pl.read_parquet(result.files / "rejects.parquet")
     after_load = rejects.filter(
         pl.col("stage").is_in(["quality", "simulate", "retrieve", "budget", "breaker"])
     )

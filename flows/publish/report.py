@@ -62,7 +62,7 @@ def _release(summary: dict[str, Any]) -> list[str]:
         f"## Version {summary['version']}",
         "",
         f"Previous version: {summary.get('previous_version') or 'none'}. Publish gates "
-        f"{verdict}" + "".join(f"\n- {reason}" for reason in gates["failed"]),
+        f"{verdict}." + "".join(f"\n- {reason}" for reason in gates["failed"]),
         "",
         markdown_table(["gate", "value", "limit", "result"], rows),
         "",
