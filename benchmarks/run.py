@@ -755,6 +755,70 @@ def bench_injection() -> dict:
     return run()
 
 
+def bench_versions(seeds: int = 100_000) -> dict:
+    """What versioning adds to a run that publishes `seeds` rows: the new version's id (its
+    dataset.parquet's sha256), the changes against the previous version (both read, 1% of
+    rows regenerated), and the switch with pruning. Rows of a realistic size: 8 turns of
+    about 400 characters."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.publish.changes import changes_block, diff_rows, read_rows
+    from flows.publish.versions import OutputFolder, Release
+
+    def dataset(folder: Path, revised: int) -> None:
+        text = "The weak student works the problem step by step and states a result. " * 6
+        rows = [
+            {"seed_id": f"{i:016x}", "scenario": ("error_correction", "debate", "analogy")[i % 3],
+             "conversations": [{"from": "human" if t % 2 == 0 else "gpt",
+                                "value": f"{text} {i} {t}" + (" revised" if i % 100 == 0
+                                                               and revised else "")}
+                               for t in range(8)]}
+            for i in range(seeds)
+        ]  # fmt: skip
+        pq.write_table(pa.Table.from_pylist(rows), folder / "dataset.parquet")
+        (folder / "summary.json").write_text(json.dumps(
+            {"seeds": {"kept": seeds}, "quality": {"accepted": seeds, "rejected": 0},
+             "config_hash": "x", "rows": {"published": seeds}}))  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = OutputFolder(Path(tmp) / "out")
+        folder.prepare()
+        first = folder.stage()
+        dataset(first, revised=0)
+        folder.publish(first, "20260101T000000Z-00000000")
+        staged = folder.stage()
+        dataset(staged, revised=1)
+        release = Release(folder, staged, folder.current())
+        start = time.monotonic()
+        vid = release.new_id()
+        id_s = time.monotonic() - start
+        start = time.monotonic()
+        assert release.previous is not None
+        kinds = diff_rows(
+            read_rows(release.previous.path / "dataset.parquet"),
+            read_rows(staged / "dataset.parquet"),
+        )
+        block = changes_block(release.previous.id, kinds, release.previous.summary,
+                              release.previous.summary)  # fmt: skip
+        changes_s = time.monotonic() - start
+        start = time.monotonic()
+        folder.publish(staged, vid)
+        folder.prune(1)
+        switch_s = time.monotonic() - start
+        size_mb = (folder.root / "dataset.parquet").stat().st_size / 1e6
+    return {
+        "seeds": seeds,
+        "dataset_parquet_mb": round(size_mb, 1),
+        "version_id_s": round(id_s, 3),
+        "changes_s": round(changes_s, 2),
+        "switch_and_prune_s": round(switch_s, 3),
+        "rows_regenerated": block["rows_regenerated"],
+        "rows_unchanged": block["rows_unchanged"],
+        "command": f"python benchmarks/run.py --only versions  # {seeds} rows",
+    }
+
+
 BENCHES: dict[str, Callable[..., dict]] = {
     "rerun": bench_rerun,
     "dedupe": bench_dedupe,
@@ -768,6 +832,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "injection": bench_injection,
     "soak": bench_soak,
     "peers": bench_peers,
+    "versions": bench_versions,
 }
 
 

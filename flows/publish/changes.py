@@ -111,12 +111,14 @@ def changes_markdown(changes: Mapping[str, Any]) -> str:
 
 
 _SECTION = re.compile(r"^## Changes\b.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+_VERSION = re.compile(r"Version `[^`]*`\. ")
 
 
-def with_changes(card: str, changes: Mapping[str, Any]) -> str:
-    """A rendered card (or report) with its changes section rewritten: a replayed run's card
-    is the stored one, and the version it follows is another."""
-    section = changes_markdown(changes) + "\n\n"
+def restamp_card(card: str, summary: Mapping[str, Any]) -> str:
+    """A rendered card with its version and changes section rewritten for `summary`: a
+    replayed run's card is the stored one, which names another version and its changes."""
+    card = _VERSION.sub(lambda _: f"Version `{summary['version']}`. ", card, count=1)
+    section = changes_markdown(summary["changes"]) + "\n\n"
     if _SECTION.search(card):
         return _SECTION.sub(lambda _: section, card, count=1)
     return card.replace("\n## Quality checks", f"\n{section}## Quality checks", 1)

@@ -268,10 +268,10 @@ def replay(
     shown = str(release.folder.root)
     write_text(out / "report.md", render_report(summary, sample, embedded, shown, images))
     if (out / "README.md").exists():
-        from flows.publish.changes import with_changes
+        from flows.publish.changes import restamp_card
 
         card = (out / "README.md").read_text(encoding="utf-8")
-        write_text(out / "README.md", with_changes(card, summary["changes"]))
+        write_text(out / "README.md", restamp_card(card, summary))
     write_json(out / "summary.json", summary)
     log.info("inputs unchanged since a stored run: its outputs restored, no LM call made")
     return summary

@@ -136,3 +136,11 @@ def test_a_folder_written_before_versions_becomes_the_previous_version(
     assert json.loads((adopted / "summary.json").read_text())["config_hash"] == first[
         "config_hash"
     ]  # fmt: skip
+
+    # an unchanged night replays the stored run as a new version; its card says which
+    replayed, _ = _run(config, out)
+    assert replayed["run_cache"] == "hit" and replayed["previous_version"] == again["version"]
+    card = (out / "README.md").read_text()
+    assert f"Version `{replayed['version']}`. " in card and f"`{again['version']}`" not in card
+    assert f"## Changes since {again['version']}" in card and replayed["lm"]["calls"] == 0
+    assert replayed["changes"]["rows_unchanged"] == 9

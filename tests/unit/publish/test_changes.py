@@ -63,3 +63,19 @@ def test_a_first_version_adds_every_row(tmp_path: Path) -> None:
     block = changes_block(None, diff_rows(read_rows(None), after), None, quality(1, 0))
     assert block["rows_added"] == 1 and block["accepted_share"]["before"] is None
     assert changes_markdown(block) == "## Changes\n\nThe first version in this folder: 1 rows."
+
+
+def test_a_replayed_card_names_its_own_version_and_changes() -> None:
+    from flows.publish.changes import restamp_card
+
+    stored = (
+        "# data\n\n## Provenance\n\nVersion `V1`. Generated today.\n\n"
+        "## Changes\n\nThe first version in this folder: 1 rows.\n\n## Quality checks\n\nx\n"
+    )
+    kinds = {"added": [], "removed": [], "regenerated": [], "unchanged": [("s1", "debate")]}
+    summary = {"version": "V2", "changes": changes_block("V1", kinds, quality(1, 0),
+                                                         quality(1, 0))}  # fmt: skip
+    card = restamp_card(stored, summary)
+    assert "Version `V2`. Generated today." in card and "`V1`" not in card
+    assert "## Changes since V1\n\n| scenario |" in card and "first version" not in card
+    assert card.endswith("## Quality checks\n\nx\n")
