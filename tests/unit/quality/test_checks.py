@@ -53,6 +53,7 @@ def test_a_faithful_error_correction_passes_every_check() -> None:
         "fidelity": True,
         "empty": True,
         "role_leakage": True,
+        "echo": True,
         "language": True,
         "length": True,
         "repetition": True,
