@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.core.config import CHECK_GROUPS, CHECKS
+from flows.quality.checks import PROCEDURAL_ERRORS
 
 OK = "ok"
-PROCEDURAL_ERRORS = "procedural_errors"
 #: What a label may name besides `ok`, in the order the table lists them.
 DEFECT_KINDS: tuple[str, ...] = (
     *(c for c in CHECKS if c != "judge"),

@@ -424,6 +424,20 @@ def judge_check(
     return verdict(ok, f"{said}, score {score}: {reason}")
 
 
+PROCEDURAL_ERRORS = "procedural_errors"
+JUDGE_VERDICTS = ("correct", PROCEDURAL_ERRORS)  # signatures/judge.py's verdict
+
+
+def judge_said(check: Verdict | None) -> str | None:
+    """The judge's own verdict, read back from its check (`judge_check` writes it first in
+    the reason): "correct" or "procedural_errors"; None when the judge gave none (off, its
+    call failed, its reply never parsed)."""
+    if not check:
+        return None
+    said = str(check.get("reason") or "").split(",", 1)[0]
+    return said if said in JUDGE_VERDICTS else None
+
+
 def failed_hard(checks: dict[str, Verdict], hard: Iterable[str]) -> list[str]:
     """The hard checks this dialogue fails, in check order."""
     wanted = set(hard)
