@@ -45,7 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--profile",
         metavar="NAME",
         action="append",
-        help="a ready profile from data/profiles/, e.g. 'boostqa' (the paper's whole setup); "
+        help="a ready profile from data/profiles/, e.g. 'boostqa' (the paper's procedure) or "
+        "'boostqa-clean' (ours on top of it); "
         "several (`--profile a,b` or repeated) apply left to right",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every dialogue and call")
