@@ -123,11 +123,11 @@ def _dropping(cfg: MasterConfig) -> str | None:
     if not hard:
         return None
     structure = set(STRUCTURE_CHECKS) <= hard
+    group = f"structure ({', '.join(c.replace('_', ' ') for c in STRUCTURE_CHECKS)})"
     named = [
-        *(["structure (empty, role leakage, echo, language, length, repetition, truncated)"]
-          if structure else []),
+        *([group] if structure else []),
         *(c for c in CHECKS if c in hard and not (structure and c in STRUCTURE_CHECKS)),
-    ]  # fmt: skip
+    ]
     return _versus(
         "the checks that drop a dialogue",
         "none stated (its Qwen2.5-32B-Instruct verifier audited the data and found 4.1% with "
@@ -145,8 +145,8 @@ def differences(cfg: MasterConfig) -> list[str]:
         if not _model_matches(lm.model, paper_model):
             found.append(_versus(f"the {role} role's model", paper_model, f"`{lm.model}`"))
         if role != "judge" and lm.temperature != paper_temp:
-            found.append(_versus(f"the {role} role's temperature", str(paper_temp),
-                                 str(lm.temperature)))  # fmt: skip
+            setting = f"the {role} role's temperature"
+            found.append(_versus(setting, str(paper_temp), str(lm.temperature)))
     found.append(_seed_mix(cfg))
     dedupe = cfg.seeds.dedupe
     if dedupe.exact or dedupe.near:

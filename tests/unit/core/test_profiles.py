@@ -171,6 +171,9 @@ def test_the_card_names_each_departure_from_the_paper() -> None:
             "scenarios": cfg.scenarios.model_copy(update={"analogy_pool": "reservoir"}),
             "publish": cfg.publish.model_copy(update={"flawed_turns": "mask"}),
             "quality": cfg.quality.model_copy(update={"judge": False}),
+            "lms": cfg.lms.model_copy(
+                update={"weak": cfg.lms.weak.model_copy(update={"temperature": 0.9})}
+            ),
             "seeds": cfg.seeds.model_copy(
                 update={
                     "dedupe": cfg.seeds.dedupe.model_copy(update={"exact": True}),
@@ -191,6 +194,7 @@ def test_the_card_names_each_departure_from_the_paper() -> None:
         "the verifier: the paper: Qwen2.5-32B-Instruct judged the dialogues",
         "deduplication of the seeds: added; not in the paper (exact (case",
         "with 1 evaluation set is dropped, covering none of the paper's benchmarks",
+        "the weak role's temperature: the paper: 0.8; here: 0.9",
     ):
         assert expected in found, expected
     demo = differences(load_config(environ={}))
