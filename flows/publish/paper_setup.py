@@ -16,7 +16,6 @@ import yaml
 
 from flows.core.config import CHECKS, STRUCTURE_CHECKS, MasterConfig
 from flows.ingest.seeds import quotas
-from flows.planning.retrieval import NEAR_DUPLICATE
 
 #: The paper's agents: role -> (model, temperature). Qwen2.5-Instruct throughout.
 PAPER_AGENTS: dict[str, tuple[str, float]] = {
@@ -201,7 +200,7 @@ def differences(cfg: MasterConfig) -> list[str]:
             _added(
                 "same-domain retrieval",
                 "an analogy partner is a seed of the same domain and never a near-duplicate "
-                f"of the question (cosine similarity under {NEAR_DUPLICATE})",
+                "of the question, flows/planning/retrieval.py",
             )
         )
         found.append(
