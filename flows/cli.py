@@ -45,7 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--profile",
         metavar="NAME",
         action="append",
-        help="a ready profile from data/profiles/, e.g. 'boostqa' (the paper's whole setup); "
+        help="a ready profile from data/profiles/, e.g. 'boostqa' (the paper's procedure) or "
+        "'boostqa-clean' (ours on top of it); "
         "several (`--profile a,b` or repeated) apply left to right",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every dialogue and call")
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a `conversations` column) with the checks `master run` applies: answer fidelity, the "
         "LLM judge (the config's judge role), structure and scenario intent. References come "
         "from a field of each row or from a seeds file. Writes verdicts.parquet (a verdict and "
-        "reason per check and row), rejects.parquet (unreadable rows) and verify_summary.json.",
+        "reason per check and row), rejects.parquet (unreadable rows) and verify_summary.json; "
+        "with --labels, each check's and the judge's agreement with a person's labels.",
     )
     _common(verify)
     verify.add_argument("--in", dest="source", required=True, metavar="FILE", help="dataset")
@@ -183,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="for rows with no domain of their own (default: general)",
     )
     verify.add_argument("--no-judge", action="store_true", help="skip the LLM judge")
+    verify.add_argument(
+        "--labels",
+        metavar="FILE",
+        help='JSON Lines {"id": ..., "label": "ok" | KIND | [KIND, ...]}: print and write the '
+        "precision, recall and Cohen's kappa of each check and of the judge against them "
+        "(KIND: a check's name, structure, intent or procedural_errors)",
+    )
 
     opt = sub.add_parser(
         "optimize",
@@ -401,9 +410,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         domain=args.domain,
         judge=not args.no_judge,
+        labels=args.labels,
     )
     print(format_audit(summary))
     print(f"verdicts: {Path(args.out) / 'verdicts.parquet'}")
+    if "calibration" in summary:
+        print(f"agreement: {Path(args.out) / 'verify_summary.json'} (calibration)")
     return 0
 
 

@@ -2,11 +2,14 @@
 
 References come from a field of each row, or from a seeds file joined on `seed_id` (or, failing
 that, on the question text). Rows that cannot be read or matched are listed with their
-location and reason; the others get a verdict per check, written to verdicts.parquet.
+location and reason; the others get a verdict per check, written to verdicts.parquet. With
+`--labels FILE` (a person's verdicts), the checks' and the judge's agreement with the labels
+is measured (flows/quality/calibration.py) and written to verify_summary.json.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from flows.core.formats import from_sharegpt
 from flows.core.records import Reject, normalise_text
 from flows.ingest.seeds import resolve_path
 from flows.ingest.sources import SeedSourceError, read_file
+from flows.quality.calibration import Judged, Label, calibrate, calibration_table, parse_label
 from flows.quality.checks import pass_rates
 from flows.quality.verification import Item, Verified, verify_items
 
@@ -43,6 +47,42 @@ def read_references(path: Path, max_row_bytes: int) -> References:
             refs.by_id[key] = entry
         refs.by_question[normalise_text(question).lower()] = entry
     return refs
+
+
+def read_labels(path: Path) -> dict[str, Label]:
+    """A labels file: JSON Lines of {"id": ..., "label": "ok" | KIND | [KIND, ...]} (`seed_id`
+    may stand for `id`). A mistake is one line naming the file, the line and what is wrong."""
+    if not path.is_file():
+        raise SeedSourceError(f"{path}: labels file not found")
+    labels: dict[str, Label] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise SeedSourceError(f"{path}: not UTF-8 text") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SeedSourceError(f"{where}: not JSON ({exc.msg})") from None
+        key = entry.get("id", entry.get("seed_id")) if isinstance(entry, dict) else None
+        if not isinstance(key, str) or not key or "label" not in entry:
+            raise SeedSourceError(f'{where}: expected {{"id": ..., "label": ...}}')
+        if key in labels:
+            raise SeedSourceError(f"{where}: id {key!r} is labelled twice")
+        try:
+            labels[key] = parse_label(entry["label"])
+        except ValueError as exc:
+            raise SeedSourceError(f"{where}: {exc}") from None
+    if not labels:
+        raise SeedSourceError(f"{path}: no labels")
+    return labels
+
+
+def _label_text(label: Label | None) -> str | None:
+    return None if label is None else ",".join(sorted(label)) or "ok"
 
 
 def _conversation(row: dict[str, Any]) -> list[dict[str, str]] | None:
@@ -112,8 +152,14 @@ def read_items(
     return items, where, rejects
 
 
-def verdict_rows(items: list[Item], where: list[str], results: list[Verified]) -> pl.DataFrame:
-    """One row per verified dialogue: overall verdict, then each check's ok and reason."""
+def verdict_rows(
+    items: list[Item],
+    where: list[str],
+    results: list[Verified],
+    labels: dict[str, Label] | None = None,
+) -> pl.DataFrame:
+    """One row per verified dialogue: overall verdict (and its label, when labelled), then
+    each check's ok and reason."""
     rows = []
     for item, location, result in zip(items, where, results, strict=True):
         row: dict[str, Any] = {
@@ -121,6 +167,7 @@ def verdict_rows(items: list[Item], where: list[str], results: list[Verified]) -
             "seed_id": item.key,
             "scenario": item.scenario,
             "domain": item.domain,
+            "label": _label_text((labels or {}).get(item.key)),
             "accepted": result.accepted,
             "failed": ",".join(result.failed),
             "reason": result.reason(),
@@ -136,6 +183,7 @@ def verdict_rows(items: list[Item], where: list[str], results: list[Verified]) -
         "seed_id": pl.String,
         "scenario": pl.String,
         "domain": pl.String,
+        "label": pl.String,
         "accepted": pl.Boolean,
         "failed": pl.String,
         "reason": pl.String,
@@ -168,8 +216,10 @@ def run_audit(
     seeds: str | None = None,
     domain: str = "general",
     judge: bool = True,
+    labels: str | None = None,
 ) -> dict[str, Any]:
-    """Verify a dataset file; write verdicts.parquet, rejects.parquet and verify_summary.json."""
+    """Verify a dataset file; write verdicts.parquet, rejects.parquet and verify_summary.json
+    (with `calibration`, the agreement with a labels file, when one is given)."""
     from flows.core.files import atomic_path, write_json
     from flows.publish.accounting import lm_block
     from flows.publish.writers import write_rejects
@@ -178,6 +228,7 @@ def run_audit(
     path = resolve_path(source)
     if not path.is_file():
         raise SeedSourceError(f"{source}: file not found")
+    labelled = read_labels(resolve_path(labels)) if labels else None
     refs = read_references(resolve_path(seeds), cfg.seeds.max_row_bytes) if seeds else None
     items, where, rejects = read_items(path, reference_field, refs, domain, cfg.seeds.max_row_bytes)
     q = cfg.quality.model_copy(update={"judge": judge})
@@ -196,8 +247,11 @@ def run_audit(
     summary = audit_summary(results, rejects)
     summary["lm"] = lm_block([c for r in results for c in r.calls], cfg.lms)
     summary["input"] = str(source)
+    if labelled is not None:
+        judged = [Judged(i.key, r.checks, r.accepted) for i, r in zip(items, results, strict=True)]
+        summary["calibration"] = {"labels": str(labels), **calibrate(judged, labelled)}
     with atomic_path(out / "verdicts.parquet") as tmp:
-        verdict_rows(items, where, results).write_parquet(tmp)
+        verdict_rows(items, where, results, labelled).write_parquet(tmp)
     write_rejects(out, rejects)
     write_json(out / "verify_summary.json", summary)
     return summary
@@ -211,4 +265,13 @@ def format_audit(summary: dict[str, Any]) -> str:
     ]
     for name, rate in summary["pass_rates"].items():
         lines.append(f"{name:<16}{rate:>10.1%}{summary['by_check'].get(name, 0):>15}")
+    calibration = summary.get("calibration")
+    if calibration is not None:
+        unmatched = calibration["unmatched"]
+        lines += [
+            "",
+            f"agreement with {calibration['labels']}: {calibration['labelled']} labelled "
+            f"dialogues" + (f" ({unmatched} labels matched no row)" if unmatched else ""),
+            *calibration_table(calibration),
+        ]
     return "\n".join(lines)

@@ -210,7 +210,15 @@ class RunConfig(BaseModel):
     )
 
 
-STRUCTURE_CHECKS = ("empty", "role_leakage", "language", "length", "repetition", "truncated")
+STRUCTURE_CHECKS = (
+    "empty",
+    "role_leakage",
+    "echo",
+    "language",
+    "length",
+    "repetition",
+    "truncated",
+)
 INTENT_CHECKS = ("weak_flawed", "answer_hidden", "no_calculation")
 CHECKS = ("fidelity", "judge", *STRUCTURE_CHECKS, *INTENT_CHECKS)
 CHECK_GROUPS: dict[str, tuple[str, ...]] = {"structure": STRUCTURE_CHECKS, "intent": INTENT_CHECKS}
@@ -221,6 +229,7 @@ CheckName = Literal[
     "intent",
     "empty",
     "role_leakage",
+    "echo",
     "language",
     "length",
     "repetition",
@@ -257,6 +266,13 @@ class QualityConfig(BaseModel):
     max_turn_tokens: int = Field(default=2048, gt=0)
     repetition_ngram: int = Field(default=4, ge=2, le=12)
     repetition_max: float = Field(default=0.5, gt=0.0, le=1.0)
+    echo_share: float = Field(
+        default=0.9,
+        gt=0.5,
+        le=1.0,
+        description="a turn sharing this share of its words with an earlier turn of another "
+        "speaker echoes it (the question's words left out)",
+    )
     english_min: float = Field(default=0.8, gt=0.0, le=1.0)
     reveal_ngram: int = Field(default=12, ge=4, le=64)
 

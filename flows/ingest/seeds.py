@@ -235,22 +235,23 @@ def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan
             question, reference, meta = mapped
             sid = seed_id(label, question, reference)
             canon = canonical(question)
-            if cfg.dedupe.exact:
-                key = digest(canon)
-                kept = seen.get(key)
-                if kept is not None:
-                    result.exact_duplicates += 1
-                    _reject(
-                        result,
-                        "dedupe",
-                        "exact duplicate",
-                        label,
-                        loc,
-                        seed_id=sid,
-                        detail=f"kept {kept}",
-                    )
-                    continue
-                seen[key] = sid
+            # Without exact dedupe a row is still one seed however often it is repeated: a
+            # seed is its content (its id), and one id stands for one seed everywhere.
+            key = digest(canon) if cfg.dedupe.exact else bytes.fromhex(sid)
+            kept = seen.get(key)
+            if kept is not None:
+                result.exact_duplicates += 1
+                _reject(
+                    result,
+                    "dedupe",
+                    "exact duplicate" if cfg.dedupe.exact else "the same row again (same seed)",
+                    label,
+                    loc,
+                    seed_id=sid,
+                    detail=f"kept {kept}",
+                )
+                continue
+            seen[key] = sid
             candidate = _Candidate((s_index, number), sid, question, reference, meta, loc, canon)
             sample.add(candidate)
             pool.add(candidate)

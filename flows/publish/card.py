@@ -21,7 +21,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from flows.core.config import MasterConfig
 from flows.planning.jobs import ROLES_BY_SCENARIO
 from flows.publish.changes import changes_markdown
-from flows.publish.paper_setup import NOT_GIVEN, differences
+from flows.publish.paper_setup import NOT_GIVEN, audit_sentence, differences
 from flows.publish.report import markdown_table
 from flows.quality.lengths import counts_by, length_stats
 
@@ -147,7 +147,8 @@ def card_sections(
                 [name, f"{rate:.1%}", quality["by_check"].get(name, 0)]
                 for name, rate in quality.get("pass_rates", {}).items()
             ],
-        ),
+        )
+        + f"\n\n{audit_sentence(cfg, quality)}",
         "## Lengths\n\n"
         + markdown_table(
             ["per dialogue", *stat_keys],
@@ -156,12 +157,13 @@ def card_sections(
         + "\n\nTokens are estimated (words and punctuation), not counted with a model's "
         "tokenizer.",
     ]
-    diffs = [f"- {d}" for d in differences(cfg)] or ["- none"]
     sections.append(
         "## Differences from the paper's setup\n\n"
-        "Compared with BOOST-QA as the paper describes it (`master run --profile boostqa`):\n\n"
-        + "\n".join(diffs)
-        + "\n\nLeft open by the paper, chosen here:\n\n"
+        "Every setting where this run departs from BOOST-QA as the paper describes it "
+        "(`master run --profile boostqa` follows the paper), or where the paper gives no "
+        "value:\n\n"
+        + "\n".join(f"- {d}" for d in differences(cfg))
+        + "\n\nAlso left open by the paper:\n\n"
         + "\n".join(f"- {item}" for item in NOT_GIVEN)
     )
     if plots:

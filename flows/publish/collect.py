@@ -20,7 +20,7 @@ from flows.planning.jobs import ROLES_BY_SCENARIO
 from flows.publish.accounting import CallTally
 from flows.publish.merge import row_ref
 from flows.publish.spill import RowRef, RowSpill
-from flows.quality.checks import PassTally
+from flows.quality.checks import PROCEDURAL_ERRORS, PassTally, judge_said
 from flows.quality.verification import quality_reject
 from flows.simulation.simulate import Outcome, settled
 from modules.scenarios.judge import UNJUDGED
@@ -51,6 +51,10 @@ class Collected:
         self.accepted: Counter[str] = Counter()  # accepted dialogues per scenario
         self.flagged = 0  # accepted with a soft check failed
         self.unjudged = 0  # the judge's reply never parsed
+        # the audit (the paper's verifier found 4.1% with procedural errors): accepted
+        # dialogues the judge gave a verdict on, and those it said have procedural errors
+        self.judged = 0
+        self.procedural_errors = 0
         self.checks = PassTally()
         self.turn_flags: Counter[str] = Counter()
         self.versions: dict[str, str] = {}  # scenario -> program version
@@ -84,6 +88,9 @@ class Collected:
         self.accepted[d.scenario] += 1
         if any(v["ok"] is False for v in (checks or {}).values()):
             self.flagged += 1
+        said = judge_said((checks or {}).get("judge"))
+        self.judged += said is not None
+        self.procedural_errors += said == PROCEDURAL_ERRORS
         row = dataset_row(d, outcome.job.seed)
         self.refs.append(row_ref(row, self.spill.add(row)))
 
@@ -96,6 +103,8 @@ class Collected:
         self.accepted.update(other.accepted)
         self.flagged += other.flagged
         self.unjudged += other.unjudged
+        self.judged += other.judged
+        self.procedural_errors += other.procedural_errors
         self.checks.merge(other.checks)
         self.turn_flags.update(other.turn_flags)
         self.versions.update(other.versions)
@@ -106,6 +115,15 @@ class Collected:
 
     def close(self) -> None:
         self.spill.close()
+
+    def audit(self) -> dict[str, Any]:
+        """summary.json's quality.audit: the judge's verdicts on the accepted dialogues."""
+        share = round(self.procedural_errors / self.judged, 4) if self.judged else None
+        return {
+            "judged": self.judged,
+            "procedural_errors": self.procedural_errors,
+            "share": share,
+        }
 
     def roles(self) -> set[str]:
         return {r for s in self.scenarios for r in ROLES_BY_SCENARIO[s]}

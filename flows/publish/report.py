@@ -21,6 +21,13 @@ def _quality(quality: dict[str, Any]) -> str:
         f"{quality.get('flagged', 0)}, left unjudged (the judge's reply never parsed) "
         f"{quality.get('unjudged', 0)}."
     )
+    audit = quality.get("audit") or {}
+    if audit.get("judged"):
+        head += (
+            f" The judge found procedural errors in {audit['procedural_errors']} of the "
+            f"{audit['judged']} accepted dialogues it judged ({audit['share']:.1%}; the "
+            "paper's verifier: 4.1%)."
+        )
     rates = quality.get("pass_rates", {})
     if not rates:
         return head

@@ -9,6 +9,7 @@ left out of pass rates. The LLM judge is the one check that needs a model
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -134,8 +135,77 @@ def _first_failure(
     return verdict(True, ok_reason)
 
 
-def structure_checks(turns: Turns, q: QualityConfig) -> dict[str, Verdict]:
-    """Empty turns, role leakage, non-English text, lengths, repetition loops, truncation."""
+# An echo: a turn that hands back an earlier turn of another speaker (small models do: a
+# teacher repeats the weak student's answer, a strong student the teacher's critique).
+# Restating the question is not an echo: words in a run of ECHO_ASKED_NGRAM words that also
+# occurs in the question are not a turn's own words, and only own words are compared. Fixed
+# text (the analogy's transition) is never a turn that can be echoed.
+ECHO_MIN_WORDS = 6  # an earlier turn with fewer own words is too short to tell a copy
+ECHO_PREAMBLE_WORDS = 12  # "Sure, here is the corrected solution:" before a verbatim copy
+ECHO_ASKED_NGRAM = 4
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+def _tokens(text: str) -> list[str]:
+    return [w.casefold() for w in _TOKEN.findall(text)]
+
+
+def asked_ngrams(texts: Iterable[str]) -> frozenset[tuple[str, ...]]:
+    """The word runs of the question that a turn may restate freely."""
+    n = ECHO_ASKED_NGRAM
+    grams = set()
+    for text in texts:
+        words = _tokens(text)
+        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return frozenset(grams)
+
+
+def _own(words: list[str], asked: frozenset[tuple[str, ...]]) -> list[str]:
+    n = ECHO_ASKED_NGRAM
+    restated = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        if tuple(words[i : i + n]) in asked:
+            restated[i : i + n] = [True] * n
+    return [w for w, r in zip(words, restated, strict=True) if not r]
+
+
+def echo_of(text: str, earlier: str, asked: frozenset[tuple[str, ...]], share: float) -> str | None:
+    """How `text` repeats `earlier`, or None: verbatim, after a preamble of at most
+    ECHO_PREAMBLE_WORDS words, or with at least `share` of the same own words (counted
+    against the longer of the two)."""
+    said, before = _tokens(text), _tokens(earlier)
+    own_said, own_before = _own(said, asked), _own(before, asked)
+    if len(own_before) < ECHO_MIN_WORDS or len(own_said) < ECHO_MIN_WORDS:
+        return None
+    extra = len(said) - len(before)
+    if 0 <= extra <= ECHO_PREAMBLE_WORDS and said[extra:] == before:
+        return "verbatim" if extra == 0 else f"after a {extra}-word preamble"
+    common = sum((Counter(own_said) & Counter(own_before)).values())
+    overlap = common / max(len(own_said), len(own_before))
+    if overlap >= share:
+        return f"with {overlap:.0%} of the same words"
+    return None
+
+
+def echo_check(turns: Turns, question: str, share: float) -> Verdict:
+    """The first generated turn that repeats an earlier generated turn of another speaker."""
+    asked = asked_ngrams([question])
+    own = [(i, t) for i, t in enumerate(turns) if t.get("role") is not None]
+    if not own:
+        return verdict(None, "no generated turn")
+    for k, (i, turn) in enumerate(own):
+        for j, earlier in own[:k]:
+            if earlier["speaker"] == turn["speaker"]:
+                continue
+            how = echo_of(turn["text"], earlier["text"], asked, share)
+            if how:
+                return verdict(False, f"{_label(turn, i)} repeats {_label(earlier, j)} {how}")
+    return verdict(True, "no turn repeats another speaker's")
+
+
+def structure_checks(turns: Turns, q: QualityConfig, question: str = "") -> dict[str, Verdict]:
+    """Empty turns, role leakage, echoes of another speaker, non-English text, lengths,
+    repetition loops, truncation."""
     own = [(i, t) for i, t in enumerate(turns) if t.get("role") is not None]
 
     def empty(t: dict[str, Any]) -> str | None:
@@ -172,6 +242,7 @@ def structure_checks(turns: Turns, q: QualityConfig) -> dict[str, Verdict]:
     return {
         "empty": _first_failure(own, empty, "no empty turn"),
         "role_leakage": _first_failure(own, leak, "every turn speaks only for its own role"),
+        "echo": echo_check(turns, question, q.echo_share),
         "language": _first_failure(own, language, "English"),
         "length": _first_failure(own, length, "turn lengths within bounds"),
         "repetition": _first_failure(own, loop, "no repetition loop"),
@@ -326,7 +397,7 @@ def check_dialogue(
     """Every check but the judge, in a stable order."""
     return {
         "fidelity": fidelity_check(turns, scenario, domain, reference, similar_reference),
-        **structure_checks(turns, q),
+        **structure_checks(turns, q, question),
         **intent_checks(turns, scenario, domain, question, reference, q.reveal_ngram),
     }
 
@@ -351,6 +422,20 @@ def judge_check(
     reason = str(result.get("reason") or "").strip()
     ok = said == "correct" and isinstance(score, int) and score >= min_score
     return verdict(ok, f"{said}, score {score}: {reason}")
+
+
+PROCEDURAL_ERRORS = "procedural_errors"
+JUDGE_VERDICTS = ("correct", PROCEDURAL_ERRORS)  # signatures/judge.py's verdict
+
+
+def judge_said(check: Verdict | None) -> str | None:
+    """The judge's own verdict, read back from its check (`judge_check` writes it first in
+    the reason): "correct" or "procedural_errors"; None when the judge gave none (off, its
+    call failed, its reply never parsed)."""
+    if not check:
+        return None
+    said = str(check.get("reason") or "").split(",", 1)[0]
+    return said if said in JUDGE_VERDICTS else None
 
 
 def failed_hard(checks: dict[str, Verdict], hard: Iterable[str]) -> list[str]:

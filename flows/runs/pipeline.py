@@ -127,6 +127,7 @@ def publish(
             "failures": dict(Counter(r.reason[:160] for r in failed).most_common(10)),
             "flagged": collected.flagged,
             "unjudged": collected.unjudged,
+            "audit": collected.audit(),
             "pass_rates": pass_rates,
             "turn_flags": dict(sorted(collected.turn_flags.items())),
         },

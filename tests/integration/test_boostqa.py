@@ -66,6 +66,32 @@ def test_resimulate_backfill_fills_the_dataset_to_exactly_its_sample(
     assert _rows(again.out) == _rows(result.out)
 
 
+def test_the_papers_procedure_keeps_what_the_judge_faults_and_counts_it_in_the_audit(
+    fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
+) -> None:
+    seeds = tricky_seeds(tmp_path / "seeds.jsonl", 12)  # all 12 are taken
+    # profile boostqa's filter: only broken dialogues are dropped, the judge audits
+    cfg = _config(write_config, fake_llm, seeds, quality={"judge": True, "hard": ["structure"]})
+    result = run_pipeline(cfg, tmp_path / "out", embedder=embedder)
+    quality = result.summary["quality"]
+    rows = _rows(result.out)
+    # the judge faults what it reads about a tricky question (an analogy's second one too)
+    faulted = [r for r in rows if any("a tricky one" in t["text"] for t in r["turns"])]
+    assert quality["rejected"] == 0 and len(rows) == quality["accepted"] > len(faulted) > 0
+    audit = quality["audit"]
+    assert audit == {
+        "judged": len(rows),
+        "procedural_errors": len(faulted),
+        "share": round(len(faulted) / len(rows), 4),
+    }
+    card = (result.out / "README.md").read_text()
+    assert (
+        f"found procedural errors in {len(faulted)} of the {len(rows)} accepted dialogues "
+        f"it judged ({len(faulted) / len(rows):.1%}); the paper's verifier" in card
+    )
+    assert "The judge found procedural errors in" in (result.out / "report.md").read_text()
+
+
 def test_resimulate_backfill_says_so_when_the_source_runs_out(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], embedder, tmp_path: Path
 ) -> None:

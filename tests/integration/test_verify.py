@@ -1,5 +1,6 @@
 """`master verify` sorts a labelled set right, each failure with its reason; the judge's
-verdict is a check like the others; runs drop what fails and say so in summary.json."""
+verdict is a check like the others, and its agreement with a person's labels is measured;
+runs drop what fails and say so in summary.json."""
 
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ LABELLED: dict[str, tuple[dict[str, Any], set[str]]] = {
     "truncated": (ec_row("truncated", strong=STRONG + " Next we check that the"), {"truncated"}),
     "loop": (ec_row("loop", strong=LOOP), {"repetition"}),
     "empty": (ec_row("empty", teacher="   "), {"empty"}),
+    "teacher_echo": (ec_row("teacher_echo", teacher="Let me see. " + WEAK), {"echo"}),
+    "strong_echo": (ec_row("strong_echo", strong=TEACHER), {"fidelity", "echo"}),
     "calculating_analogy": (
         {
             "seed_id": "calculating_analogy",
@@ -153,11 +156,15 @@ def test_verify_sorts_a_labelled_set_with_the_right_reasons(
     assert "mid-sentence" in reasons["truncated"]
     assert "repetition loop" in reasons["loop"]
     assert "empty" in reasons["empty"]
+    assert (
+        "turn 3 (teacher) repeats turn 2 (weak_student) after a 3-word" in reasons["teacher_echo"]
+    )
+    assert "turn 4 (strong_student) repeats turn 3 (teacher) verbatim" in reasons["strong_echo"]
     assert "calculates" in reasons["calculating_analogy"]
     assert "does not parse" in reasons["broken_code"]
     unreadable = pl.read_parquet(out / "rejects.parquet")
     assert unreadable["seed_id"].to_list() == ["no_conversation"]
-    assert unreadable["location"][0].endswith(":11")
+    assert unreadable["location"][0].endswith(f":{len(LABELLED) + 1}")
     summary = json.loads((out / "verify_summary.json").read_text())
     assert summary["verified"] == len(LABELLED) and summary["unreadable"] == 1
     assert summary["accepted"] == 2 and summary["rejected"] == len(LABELLED) - 2
@@ -196,6 +203,54 @@ def test_verify_takes_references_from_a_seeds_file_and_the_judge_from_the_fake_s
         # verifying again is answered by the cache
         proc = run_cli(*args, "--out", str(tmp_path / "again"))
         assert proc.returncode == 0 and server.request_count == 2
+
+
+def test_verify_measures_each_check_and_the_judge_against_a_persons_labels(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    slip = STRONG + " A procedural slip here."
+    rows = {  # id -> (row, label); the fake judge fails exactly the rows with "procedural slip"
+        "good1": (ec_row("good1"), "ok"),
+        "good2": (ec_row("good2", strong=STRONG + " Done."), "ok"),
+        "good3": (ec_row("good3", strong=STRONG + " I checked it."), "ok"),
+        "slip": (ec_row("slip", strong=slip), "procedural_errors"),  # the judge sees it
+        "missed": (ec_row("missed", strong=STRONG + " (9 is 16 - 7.)"), "procedural_errors"),
+        "false_alarm": (ec_row("false_alarm", strong=slip + " Fine."), "ok"),
+        "echoed": (ec_row("echoed", teacher=WEAK), ["echo"]),  # the judge passes it
+    }
+    data, labels = tmp_path / "data.jsonl", tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row, _ in rows.values()))
+    labels.write_text(
+        "".join(json.dumps({"id": k, "label": label}) + "\n" for k, (_, label) in rows.items())
+        + json.dumps({"id": "not_in_the_data", "label": "ok"})
+        + "\n"
+    )
+    out = tmp_path / "verify"
+    with FakeLLMServer(responder=_judge_responder) as server:
+        config = write_config(role_lms(server.base_url), quality={"hard": STRICT})
+        args = ["verify", "--config", str(config), "--in", str(data), "--out", str(out)]
+        proc = run_cli(*args, "--labels", str(labels))
+    assert proc.returncode == 0, proc.stderr
+    calibration = json.loads((out / "verify_summary.json").read_text())["calibration"]
+    assert calibration["labelled"] == 7 and calibration["unmatched_ids"] == ["not_in_the_data"]
+    judge = calibration["agreement"]["judge"]
+    assert (judge["tp"], judge["fp"], judge["fn"], judge["tn"]) == (1, 1, 2, 3)
+    assert judge["precision"] == 0.5 and judge["recall"] == round(1 / 3, 4)
+    assert judge["kappa"] == round(2 / 23, 4)  # (4/7 - 26/49) / (1 - 26/49)
+    assert calibration["agreement"]["echo"]["kappa"] == 1.0
+    dropped = calibration["agreement"]["filter"]  # the strict filter: the judge, the echo
+    assert (dropped["tp"], dropped["fp"], dropped["fn"], dropped["tn"]) == (2, 1, 1, 3)
+    table = proc.stdout.split("agreement with", 1)[1].splitlines()
+    assert "7 labelled dialogues (1 labels matched no row)" in table[0]
+    assert ["judge", "7", "3", "2", "50.0%", "33.3%", "0.09"] in [line.split() for line in table]
+    verdicts = pl.read_parquet(out / "verdicts.parquet")
+    assert dict(zip(verdicts["seed_id"], verdicts["label"], strict=True))["echoed"] == "echo"
+
+    labels.write_text('{"id": "good1", "label": "ok"}\n{"id": "slip", "label": "wrong"}\n')
+    proc = run_cli(*args, "--no-judge", "--labels", str(labels))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {labels}:2: unknown defect kind 'wrong' (known: ok, ")
 
 
 def test_a_run_drops_failing_dialogues_and_summary_matches_rejects(

@@ -26,6 +26,7 @@ from signatures import JudgeDialogue, WeakStudentAnswer
 
 pytestmark = pytest.mark.embedded
 
+# the demo's hard filter: the structure checks but the echo, which it flags (data/config.yaml)
 STRUCTURE = ("empty", "role_leakage", "language", "length", "repetition", "truncated")
 
 

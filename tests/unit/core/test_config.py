@@ -87,7 +87,7 @@ def test_invalid_yaml_and_missing_file_and_unknown_profile(tmp_path: Path) -> No
         load_config(broken)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="known profiles: boostqa, paper"):
+    with pytest.raises(ConfigError, match="known profiles: boostqa, boostqa-clean, paper, "):
         load_config(profile="nonexistent")
 
 

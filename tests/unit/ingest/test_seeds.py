@@ -239,6 +239,26 @@ def test_short_questions_that_differ_are_not_near_duplicates(tmp_path: Path) -> 
     assert len(result.seeds) == 4 and result.near_duplicates == 0
 
 
+def test_without_dedupe_near_and_case_duplicates_stay_and_a_repeated_row_is_one_seed(
+    tmp_path: Path,
+) -> None:
+    question = "Tom has 12 apples and gives 5 of them to his sister. How many are left?"
+    rows = [
+        {"question": question, "answer": "7"},
+        {"question": question.upper(), "answer": "7"},  # an exact duplicate, case aside
+        {"question": question.replace("How many", "how many apples"), "answer": "7"},  # near
+        {"question": question, "answer": "7"},  # the first row again: the same seed
+    ]
+    source = {"path": str(_jsonl(tmp_path / "s.jsonl", rows)), "domain": "math"}
+    off = load_seeds(_cfg(source, dedupe={"exact": False, "near": False}))
+    assert len(off.seeds) == 3 and len({s.id for s in off.seeds}) == 3
+    assert off.exact_duplicates == 1 and off.near_duplicates == 0
+    (again,) = [r for r in off.rejects if r.stage == "dedupe"]
+    assert again.reason == "the same row again (same seed)" and again.location.endswith(":4")
+    on = load_seeds(_cfg(source))
+    assert len(on.seeds) == 1 and (on.exact_duplicates, on.near_duplicates) == (2, 1)
+
+
 def test_parallel_sketches_find_the_same_near_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.ingest.dedupe as dedupe
 

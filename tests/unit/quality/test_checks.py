@@ -13,6 +13,7 @@ from flows.quality.checks import (
     english_share,
     failed_hard,
     judge_check,
+    judge_said,
     pass_rates,
     repetition_ratio,
     truncation,
@@ -53,6 +54,7 @@ def test_a_faithful_error_correction_passes_every_check() -> None:
         "fidelity": True,
         "empty": True,
         "role_leakage": True,
+        "echo": True,
         "language": True,
         "length": True,
         "repetition": True,
@@ -148,6 +150,17 @@ def test_judge_verdicts_and_pass_rates() -> None:
         ]
     )
     assert rates == {"a": 0.5}
+
+
+def test_the_judges_own_verdict_is_read_back_from_its_check_for_the_audit() -> None:
+    faulted = judge_check({"verdict": "procedural_errors", "score": 4, "reason": "x"}, 3)
+    assert judge_said(faulted) == "procedural_errors"
+    low = judge_check({"verdict": "correct", "score": 1, "reason": "weak, but right"}, 3)
+    assert low["ok"] is False and judge_said(low) == "correct"  # failed, not a procedural error
+    unjudged = judge_check({"verdict": "unjudged", "score": None, "reason": "no parse"}, 3)
+    assert judge_said(unjudged) is None
+    assert judge_said(judge_check(None, 3, error="timeout")) is None
+    assert judge_said(judge_check(None, 3)) is None and judge_said(None) is None
 
 
 def test_sharegpt_rows_map_back_to_speakers() -> None:
