@@ -1,5 +1,6 @@
 """The paper's setup (BOOST-QA, MASTER arXiv 2506.02689, sections 3-4 and appendix D) as data:
-what a run's dataset card compares the run with, and the LLaMA-Factory recipe it writes.
+what a run's dataset card compares the run with, and the training settings of the LLaMA-Factory
+recipe it writes (flows/publish/trainers/llamafactory.py).
 
 `data/profiles/boostqa.yaml` is this setup as a config; `differences(load_config(profile=
 "boostqa"))` lists only what the paper leaves open (tested).
@@ -8,8 +9,6 @@ what a run's dataset card compares the run with, and the LLaMA-Factory recipe it
 from __future__ import annotations
 
 from typing import Any
-
-import yaml
 
 from flows.core.config import MasterConfig
 from flows.ingest.seeds import quotas
@@ -62,9 +61,12 @@ NOT_GIVEN = (
     "scenario proportions (here scenarios.proportions; default a third each)",
     "the analogy retrieval's K (scenarios.retrieval_top_k) and the size of the analogy subset",
     "which ProcQA languages were sampled (the paper-mix profile reads every language file)",
-    "the LoRA rank, alpha and target modules, cutoff length and chat template of the recipe "
+    "the LoRA rank, alpha and target modules and the cutoff length of the recipe "
     "(llamafactory_lora.yaml uses LLaMA-Factory's example values: rank 8, all linear layers, "
     "2048 tokens)",
+    "the chat template: the paper fine-tunes base models (LLaMA3-8B, Qwen2.5-7B, Mistral-7B); "
+    "the recipe trains the base Meta-Llama-3-8B with LLaMA-Factory's `default` template, "
+    "which LLaMA-Factory documents for base models",
 )
 
 
@@ -130,44 +132,8 @@ def differences(cfg: MasterConfig) -> list[str]:
         )
     if cfg.publish.flawed_turns == "mask":
         found.append(
-            "messages.jsonl gives the deliberately imperfect turns weight 0; the paper does "
-            "not say it masks them, and LLaMA-Factory (dataset.jsonl) trains on every turn"
+            "the deliberately imperfect turns are left out of the loss in every training file "
+            "(publish.flawed_turns: mask); the paper does not say it masks them, and its "
+            "ShareGPT data trains every assistant turn"
         )
     return found
-
-
-def lora_recipe(name: str) -> str:
-    """llamafactory_lora.yaml: LLaMA-Factory SFT with appendix D.2's hyperparameters on this
-    dataset (its dataset_info.json entry `name`, in the folder the command runs from)."""
-    recipe: dict[str, Any] = {
-        "model_name_or_path": "meta-llama/Meta-Llama-3-8B",
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "lora",
-        "lora_rank": 8,
-        "lora_target": "all",
-        "dataset": name,
-        "dataset_dir": ".",
-        "template": "llama3",
-        "cutoff_len": 2048,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 8,
-        "output_dir": f"saves/{name}-lora",
-        "logging_steps": 10,
-        "save_steps": 500,
-        "plot_loss": True,
-        "overwrite_output_dir": True,
-        **PAPER_TRAINING,
-        "bf16": True,
-    }
-    head = (
-        "# LLaMA-Factory SFT recipe: the paper's fine-tuning (appendix D.2: LoRA, 2 epochs,\n"
-        "# lr 1e-4, batch 2 x gradient accumulation 8, cosine, warmup 0.1) on this dataset.\n"
-        "# Run it from this folder (dataset_info.json names the data):\n"
-        "#   llamafactory-cli train llamafactory_lora.yaml\n"
-        "# The paper's other base models: Qwen/Qwen2.5-7B (template: qwen) and\n"
-        "# mistralai/Mistral-7B-v0.1 (template: mistral). The paper does not give the LoRA\n"
-        "# rank and targets, the cutoff length or the template: these are LLaMA-Factory's\n"
-        "# example values.\n"
-    )
-    return head + yaml.safe_dump(recipe, sort_keys=False)

@@ -1,0 +1,56 @@
+"""The tokenizer the length audit counts with: the recipe model's own when it is in the local
+Hugging Face cache, else the bundled SmolLM2's (its GGUF through llama.cpp), whose counts are
+an estimate of the recipe model's. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("master")
+
+BUNDLED = "SmolLM2-135M-Instruct (the bundled GGUF)"
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """Counts a text's tokens (no special tokens added, special-token text parsed as such)."""
+
+    name: str
+    estimate: bool  # True when this is not the recipe model's tokenizer
+    count: Callable[[str], int]
+
+
+def _cached(model: str) -> TokenCounter | None:
+    """The model's tokenizer from the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "tokenizer_config.json"), str):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError) as exc:  # cached in part, or a format this version cannot read
+        log.warning("length audit: %s's cached tokenizer did not load (%s)", model, exc)
+        return None
+    return TokenCounter(
+        model, False, lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+    )
+
+
+def _bundled() -> TokenCounter:
+    from llama_cpp import Llama
+
+    from modules.lm.embedded import gguf_path
+
+    vocab = Llama(model_path=str(gguf_path()), vocab_only=True, verbose=False)
+    return TokenCounter(
+        BUNDLED, True, lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=True))
+    )
+
+
+def counter(model: str) -> TokenCounter:
+    """The recipe model's tokenizer where it is cached locally, else the bundled one."""
+    return _cached(model) or _bundled()
