@@ -145,13 +145,15 @@ class Fit:
     kept: int  # tokens after the cut (the row's input_ids)
     labelled: int  # tokens with a loss label, after the cut
     labelled_full: int  # tokens with a loss label had nothing been cut
-    cut_first: int | None  # the message that loses tokens first as LLaMA-Factory fills the row
+    cut_first: int | None  # the message cut first as LLaMA-Factory fills the row (see fit)
 
 
 def fit(lengths: Sequence[int], cutoff_len: int, mask_history: bool) -> Fit:
     """How a row whose messages have `lengths` fits: pairs (user, assistant) are filled in
     order, or last first with mask_history (which labels the last assistant message only);
-    a pair that does not fit is cut by infer_seqlen, and the pairs after it are dropped."""
+    a pair that does not fit is cut by infer_seqlen, and the pairs after it are dropped.
+    `cut_first` names that pair's assistant message when it loses tokens, else its user
+    message: what the loss loses is what matters."""
     pairs = [(lengths[i], lengths[i + 1]) for i in range(0, len(lengths) - 1, 2)]
     order = list(range(len(pairs)))[::-1] if mask_history else list(range(len(pairs)))
     kept = [(0, 0)] * len(pairs)
@@ -163,12 +165,9 @@ def fit(lengths: Sequence[int], cutoff_len: int, mask_history: bool) -> Fit:
         total += sum(kept[i])
     trained = [order[0]] if mask_history and pairs else list(range(len(pairs)))
     cut_first = None
-    for i in order:
-        (source, target), (full_source, full_target) = kept[i], pairs[i]
-        cut = [m for m, lost in ((2 * i, source < full_source), (2 * i + 1, target < full_target))
-               if lost]  # fmt: skip
-        if cut:
-            cut_first = cut[-1] if mask_history else cut[0]
+    for i in order:  # the first pair that loses tokens; its answer when that loses any
+        if kept[i] != pairs[i]:
+            cut_first = 2 * i + 1 if kept[i][1] < pairs[i][1] else 2 * i
             break
     return Fit(
         length=sum(lengths[: 2 * len(pairs)]),

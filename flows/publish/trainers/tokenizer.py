@@ -41,14 +41,17 @@ def _cached(model: str) -> TokenCounter | None:
 
 
 def _bundled() -> TokenCounter:
-    from llama_cpp import Llama
+    """SmolLM2's vocabulary alone, through llama.cpp's model wrapper: the `Llama` class would
+    also make a context, which logs to stderr about a vocabulary-only model."""
+    from llama_cpp import llama_cpp
+    from llama_cpp._internals import LlamaModel
 
     from modules.lm.embedded import gguf_path
 
-    vocab = Llama(model_path=str(gguf_path()), vocab_only=True, verbose=False)
-    return TokenCounter(
-        BUNDLED, True, lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=True))
-    )
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    vocab = LlamaModel(path_model=str(gguf_path()), params=params, verbose=False)
+    return TokenCounter(BUNDLED, True, lambda text: len(vocab.tokenize(text.encode(), False, True)))
 
 
 def counter(model: str) -> TokenCounter:
