@@ -28,7 +28,9 @@ from flows.quality.lengths import counts_by, length_stats
 
 #: the file of the card's `default` config (train split): the rows `load_dataset` reads
 DATA_FILE = "dataset.parquet"
-#: the file of the card's `chat` config: the same rows as chat messages
+#: the columns of the card's `chat` config, read from DATA_FILE: `datasets` reads all of a
+#: repo's configs with one builder, so the chat config cannot be messages.jsonl beside parquet
+CHAT_COLUMNS = ["seed_id", "scenario", "messages"]
 CHAT_FILE = "messages.jsonl"
 CARD_FILE = "README.md"
 ARXIV = "2506.02689"
@@ -62,7 +64,11 @@ def card_data(cfg: MasterConfig, n_rows: int) -> DatasetCardData:
                 "data_files": [{"split": "train", "path": DATA_FILE}],
                 "default": True,
             },
-            {"config_name": "chat", "data_files": [{"split": "train", "path": CHAT_FILE}]},
+            {
+                "config_name": "chat",
+                "data_files": [{"split": "train", "path": DATA_FILE}],
+                "columns": CHAT_COLUMNS,
+            },
         ],
     )
 
@@ -193,10 +199,11 @@ def card_sections(
         "seed's question and reference, its turns, provenance and quality verdicts.",
         "## Files\n\n"
         f"- `{DATA_FILE}`: every column, the `default` config's train split "
-        '(`datasets.load_dataset("<repo>")`); `messages.jsonl`: the same rows as chat messages, '
-        'the `chat` config (`datasets.load_dataset("<repo>", "chat")`); on the Hub, these and '
-        "the plots below are the only files beside this card\n"
-        "- in the run's output folder also: `dataset.jsonl` (ShareGPT), `hf/` (the same rows "
+        '(`datasets.load_dataset("<repo>")`); its chat messages alone are the `chat` config '
+        '(`datasets.load_dataset("<repo>", "chat")`); on the Hub, it and the plots below are '
+        "the only files beside this card\n"
+        "- in the run's output folder also: `dataset.jsonl` (ShareGPT), `messages.jsonl` (the "
+        "same rows as OpenAI chat messages), `hf/` (the same rows "
         "as a `datasets.load_from_disk` folder), the trainers' files (below) and "
         "`rejects.parquet` (every dropped seed or dialogue, with its reason)",
         *([training_section(cfg, summary["training"])] if "training" in summary else []),

@@ -153,8 +153,9 @@ def test_the_card_yaml_is_complete_for_the_hub(tmp_path: Path, write_config: Any
     assert data["source_datasets"] == ["microsoft/orca-math-word-problems-200k", "procqa"]
     assert data["annotations_creators"] == data["language_creators"] == ["machine-generated"]
     assert data["task_categories"] == ["text-generation"] and "arxiv:2506.02689" in data["tags"]
-    configs = {c["config_name"]: c["data_files"][0]["path"] for c in data["configs"]}
-    assert configs == {"default": "dataset.parquet", "chat": "messages.jsonl"}
+    configs = {c["config_name"]: c for c in data["configs"]}
+    assert configs["chat"]["data_files"] == configs["default"]["data_files"]
+    assert configs["chat"]["columns"] == ["seed_id", "scenario", "messages"]
     free = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"license": "mit"})})
     assert "license_name" not in card_data(free, 2).to_dict()
 
