@@ -41,8 +41,10 @@ def _cached(model: str) -> TokenCounter | None:
 
 
 def _bundled() -> TokenCounter:
-    """SmolLM2's vocabulary alone, through llama.cpp's model wrapper: the `Llama` class would
-    also make a context, which logs to stderr about a vocabulary-only model."""
+    """SmolLM2's vocabulary alone, through llama.cpp's model wrapper (the `Llama` class would
+    also make a context, which logs to stderr about a vocabulary-only model); texts are
+    tokenized into one buffer kept at least as long as the longest text's bytes (a token is
+    at least one byte), so each count is one call."""
     from llama_cpp import llama_cpp
     from llama_cpp._internals import LlamaModel
 
@@ -50,8 +52,20 @@ def _bundled() -> TokenCounter:
 
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
-    vocab = LlamaModel(path_model=str(gguf_path()), params=params, verbose=False)
-    return TokenCounter(BUNDLED, True, lambda text: len(vocab.tokenize(text.encode(), False, True)))
+    model = LlamaModel(path_model=str(gguf_path()), params=params, verbose=False)
+    buffer = [(llama_cpp.llama_token * 4096)()]
+
+    def count(text: str) -> int:
+        data = text.encode()
+        if len(data) >= len(buffer[0]):
+            buffer[0] = (llama_cpp.llama_token * (2 * len(data) + 1))()
+        n = llama_cpp.llama_tokenize(model.vocab, data, len(data), buffer[0], len(buffer[0]),
+                                     False, True)  # fmt: skip
+        if n < 0:
+            raise RuntimeError(f"llama.cpp could not tokenize a {len(data)}-byte text")
+        return n
+
+    return TokenCounter(BUNDLED, True, count)
 
 
 def counter(model: str) -> TokenCounter:
