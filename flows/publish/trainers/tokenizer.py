@@ -22,16 +22,16 @@ class TokenCounter:
     count: Callable[[str], int]
 
 
-def _cached(model: str) -> TokenCounter | None:
+def _cached(model: str, cache_dir: str | None) -> TokenCounter | None:
     """The model's tokenizer from the local Hugging Face cache, or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    if not isinstance(try_to_load_from_cache(model, "tokenizer_config.json"), str):
+    if not isinstance(try_to_load_from_cache(model, "tokenizer_config.json", cache_dir), str):
         return None
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True, cache_dir=cache_dir)
     except (OSError, ValueError) as exc:  # cached in part, or a format this version cannot read
         log.warning("length audit: %s's cached tokenizer did not load (%s)", model, exc)
         return None
@@ -68,6 +68,7 @@ def _bundled() -> TokenCounter:
     return TokenCounter(BUNDLED, True, count)
 
 
-def counter(model: str) -> TokenCounter:
-    """The recipe model's tokenizer where it is cached locally, else the bundled one."""
-    return _cached(model) or _bundled()
+def counter(model: str, cache_dir: str | None = None) -> TokenCounter:
+    """The recipe model's tokenizer where it is in the Hugging Face cache (`cache_dir`, by
+    default the user's), else the bundled one."""
+    return _cached(model, cache_dir) or _bundled()

