@@ -162,7 +162,7 @@ def test_the_written_recipe_trains_two_lora_steps_on_cpu(tmp_path: Path) -> None
     overrides = {
         # this machine and model, not the paper's: CPU, no bf16, the bundled SmolLM2
         "model_name_or_path": MODEL, "output_dir": saves, "bf16": "false", "max_steps": 2,
-        "cutoff_len": 256, "preprocessing_num_workers": 1, "plot_loss": "false",
+        "preprocessing_num_workers": 1, "plot_loss": "false",
         "report_to": "none", "save_steps": 2, "logging_steps": 1,
     }  # fmt: skip
     done = subprocess.run(
