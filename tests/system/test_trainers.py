@@ -17,7 +17,7 @@ from conftest import PROJECT
 from flows.core.config import PublishConfig
 from flows.core.formats import to_messages, to_sharegpt
 from flows.publish.trainers import llamafactory
-from flows.publish.trainers.tokenizer import _bundled
+from flows.publish.trainers.tokenizer import counter
 from flows.publish.writers import write_dataset
 
 LF_VENV = PROJECT / ".venv-llamafactory"
@@ -130,7 +130,7 @@ def test_llamafactory_labels_exactly_the_trained_turns_and_cuts_rows_as_the_audi
 
     # the audit's counts are LLaMA-Factory's, cut or not (same tokenizer, here through
     # llama.cpp); a row is over cutoff_len exactly when LLaMA-Factory cuts it
-    count = _bundled().count
+    count = counter(llamafactory.MODEL, cache_dir=str(tmp_path / "no-cache")).count  # SmolLM2
     masking = flawed_turns == "mask"
     for cutoff in CUTOFFS:
         for conversation, row in zip(conversations, found[cutoff], strict=True):
