@@ -4,6 +4,7 @@ an estimate of the recipe model's. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ def _cached(model: str, cache_dir: str | None) -> TokenCounter | None:
     )
 
 
+@functools.cache  # one vocabulary per process: a process may publish many runs
 def _bundled() -> TokenCounter:
     """SmolLM2's vocabulary alone, through llama.cpp's model wrapper (the `Llama` class would
     also make a context, which logs to stderr about a vocabulary-only model); texts are
