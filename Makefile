@@ -18,8 +18,17 @@ TORCH_VERSION := 2.13.0
 OUT ?= out/run
 PYTEST_ARGS ?=
 
-.PHONY: install bytecode run test lint bench clean serve stop
+# LLaMA-Factory (and the TRL it pins) in an environment of their own, built once: the trainer
+# tests run them on the project's training files (tests/system/test_trainers.py). Keyed on
+# this Makefile only: `rm -r .venv-llamafactory` rebuilds it.
+LF_VENV := .venv-llamafactory
+LF_PY := $(LF_VENV)/bin/python
+LF_STAMP := $(LF_VENV)/.installed
+LLAMAFACTORY_VERSION := 0.9.5
+
+.PHONY: install llamafactory bytecode run test lint bench clean serve stop
 install: $(STAMP)
+llamafactory: $(LF_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +48,25 @@ $(STAMP): pyproject.toml Makefile
 	$(MAKE) -s bytecode
 	@touch $(STAMP)
 
+$(LF_STAMP): Makefile | $(STAMP)
+	@test -x $(LF_PY) || $(PYTHON) -m venv $(LF_VENV)
+	$(LF_PY) -m pip install -q --upgrade pip
+	$(LF_PY) -m pip install -q torch==$(TORCH_VERSION)
+	# --no-deps: its requirements bring a web UI (gradio), servers, video and audio stacks and
+	# a CUDA torchvision; its data pipeline and trainer import the packages below
+	$(LF_PY) -m pip install -q --no-deps llamafactory==$(LLAMAFACTORY_VERSION) torchaudio==2.11.1
+	# PyPI's torchaudio is a CUDA build whose extension cannot load beside the CPU torch;
+	# without it torchaudio imports as plain Python, all LLaMA-Factory's text pipeline needs
+	rm -f $(LF_VENV)/lib/python*/site-packages/torchaudio/lib/*.so
+	# transformers 4.57: TRL 0.24 (LLaMA-Factory's pin) misreads transformers 5's chat template
+	# output, so its prompt/completion masks would be wrong
+	$(LF_PY) -m pip install -q transformers==4.57.1 datasets==4.0.0 accelerate==1.11.0 \
+	  peft==0.18.1 trl==0.24.0 omegaconf==2.4.0 gguf==0.19.0
+	# the bundled SmolLM2 as a transformers folder (dequantized from its GGUF)
+	$(LF_PY) tests/trainer_probe.py convert \
+	  "$$($(PY) -c 'from modules.lm.embedded import gguf_path; print(gguf_path())')" $(LF_VENV)/smollm2
+	@touch $(LF_STAMP)
+
 # The project's bytecode, as pip writes it for an installed (non-editable) package: with
 # PYTHONDONTWRITEBYTECODE set, as on some CI images, every `master` process would otherwise
 # compile ~80 modules again (benchmarks/decisions.md, cold start). Stale files are ignored.
@@ -50,8 +78,8 @@ run: install bytecode
 
 # Two xdist workers: most tests wait on a fake server or a child process, not a core. The
 # tests that run llama.cpp on both cores run on one worker, one at a time (tests/conftest.py).
-test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+test: install llamafactory
+	MASTER_REQUIRE_TRAINERS=1 $(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check flows modules signatures tests benchmarks

@@ -62,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="augment seeds into dialogues and write the dataset",
         description="Load seeds, simulate one classroom dialogue per seed, write the dataset "
-        "(dataset.parquet, dataset.jsonl, messages.jsonl), rejects.parquet, report.md and "
-        "summary.json into the output folder. Finished LM calls are cached, so a rerun only "
-        "pays for what changed.",
+        "(dataset.parquet, dataset.jsonl, messages.jsonl), the trainers' files "
+        "(llamafactory.jsonl, dataset_info.json, llamafactory_lora.yaml, "
+        "prompt_completion.jsonl), rejects.parquet, report.md and summary.json into the "
+        "output folder. Finished LM calls are cached, so a rerun only pays for what changed.",
     )
     _common(run)
     run.add_argument(

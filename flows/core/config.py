@@ -348,8 +348,26 @@ class PublishConfig(BaseModel):
     token_env: str = Field(default="HF_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     flawed_turns: Literal["train", "mask"] = Field(
         default="train",
-        description="mask: messages.jsonl gives the deliberately imperfect assistant turns "
-        "weight 0 (the weak student's first answer, debaters A and B), the others weight 1",
+        description="mask: every training file leaves the deliberately imperfect assistant "
+        "turns (the weak student's first answer, debaters A and B) out of the loss: weight 0 "
+        "in messages.jsonl and dataset.parquet, a row per trained turn for LLaMA-Factory "
+        "(mask_history) and TRL (prompt/completion)",
+    )
+    over_cutoff: Literal["keep", "drop"] = Field(
+        default="keep",
+        description="LLaMA-Factory rows longer than the recipe's cutoff_len: keep (and warn) "
+        "or leave out of llamafactory.jsonl",
+    )
+    license: str = Field(default="other", description="the card's Hub licence id")
+    license_name: str = Field(
+        default="seed-licences",
+        pattern=r"^[a-z0-9][a-z0-9.-]*$",
+        description="with license `other`: the licence's name on the Hub",
+    )
+    license_link: str = Field(
+        default="README.md#licence",
+        description="with license `other`: where the licence is stated (a URL or a file of "
+        "the repo; by default the card's Licence section, which lists the seed sources)",
     )
 
 

@@ -71,6 +71,21 @@ def assistant_weights(
     ]
 
 
+def message_speakers(turns: list[dict[str, Any]], mapping: str = "alternate") -> list[list[str]]:
+    """Per message of `to_messages(to_sharegpt(turns, mapping))`: the speakers whose turns it
+    holds, in order (consecutive turns of one side share a message)."""
+    sides: list[str] = []
+    groups: list[list[str]] = []
+    for turn in turns:
+        side = _side(turn["speaker"], mapping)
+        if sides and sides[-1] == side:
+            groups[-1].append(turn["speaker"])
+        else:
+            sides.append(side)
+            groups.append([turn["speaker"]])
+    return groups
+
+
 def to_messages(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
     role = {"system": "system", "human": "user", "gpt": "assistant"}
     return [{"role": role[m["from"]], "content": m["value"]} for m in conversation]

@@ -1,5 +1,6 @@
 """The paper's setup (BOOST-QA, MASTER arXiv 2506.02689, sections 3-4 and appendix D) as data:
-what a run's dataset card compares the run with, and the LLaMA-Factory recipe it writes.
+what a run's dataset card compares the run with, and the training settings of the LLaMA-Factory
+recipe it writes (flows/publish/trainers/llamafactory.py).
 
 `data/profiles/boostqa.yaml` is the paper's procedure as a config and `boostqa-clean.yaml` our
 recommendation on top of it. `differences(cfg)` is computed from the config: every setting
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-import yaml
 
 from flows.core.config import CHECKS, STRUCTURE_CHECKS, MasterConfig
 from flows.ingest.seeds import quotas
@@ -72,9 +71,12 @@ PAPER_TRAINING: dict[str, Any] = {
 #: a setting decides is in `differences`.
 NOT_GIVEN = (
     "which ProcQA languages were sampled (the paper-mix profile reads every language file)",
-    "the LoRA rank, alpha and target modules, cutoff length and chat template of the recipe "
+    "the LoRA rank, alpha and target modules and the cutoff length of the recipe "
     "(llamafactory_lora.yaml uses LLaMA-Factory's example values: rank 8, all linear layers, "
     "2048 tokens)",
+    "the chat template: the paper fine-tunes base models (LLaMA3-8B, Qwen2.5-7B, Mistral-7B); "
+    "the recipe trains the base Meta-Llama-3-8B with LLaMA-Factory's `default` template, "
+    "which LLaMA-Factory documents for base models",
 )
 
 _NAMES = {"orca_math": "Orca-Math", "procqa": "ProcQA", "openhermes": "OpenHermes-2.5"}
@@ -283,7 +285,7 @@ def differences(cfg: MasterConfig) -> list[str]:
         _versus(
             "training weights",
             "not given (LLaMA-Factory trains on every assistant turn)",
-            "messages.jsonl gives the deliberately imperfect turns weight 0 "
+            "every training file leaves the deliberately imperfect turns out of the loss "
             "(publish.flawed_turns: mask)"
             if cfg.publish.flawed_turns == "mask"
             else "every assistant turn, the deliberately imperfect ones too "
@@ -316,40 +318,3 @@ def audit_sentence(cfg: MasterConfig, quality: Mapping[str, Any]) -> str:
             "so the accepted ones are those it passed."
         )
     return line
-
-
-def lora_recipe(name: str) -> str:
-    """llamafactory_lora.yaml: LLaMA-Factory SFT with appendix D.2's hyperparameters on this
-    dataset (its dataset_info.json entry `name`, in the folder the command runs from)."""
-    recipe: dict[str, Any] = {
-        "model_name_or_path": "meta-llama/Meta-Llama-3-8B",
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "lora",
-        "lora_rank": 8,
-        "lora_target": "all",
-        "dataset": name,
-        "dataset_dir": ".",
-        "template": "llama3",
-        "cutoff_len": 2048,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 8,
-        "output_dir": f"saves/{name}-lora",
-        "logging_steps": 10,
-        "save_steps": 500,
-        "plot_loss": True,
-        "overwrite_output_dir": True,
-        **PAPER_TRAINING,
-        "bf16": True,
-    }
-    head = (
-        "# LLaMA-Factory SFT recipe: the paper's fine-tuning (appendix D.2: LoRA, 2 epochs,\n"
-        "# lr 1e-4, batch 2 x gradient accumulation 8, cosine, warmup 0.1) on this dataset.\n"
-        "# Run it from this folder (dataset_info.json names the data):\n"
-        "#   llamafactory-cli train llamafactory_lora.yaml\n"
-        "# The paper's other base models: Qwen/Qwen2.5-7B (template: qwen) and\n"
-        "# mistralai/Mistral-7B-v0.1 (template: mistral). The paper does not give the LoRA\n"
-        "# rank and targets, the cutoff length or the template: these are LLaMA-Factory's\n"
-        "# example values.\n"
-    )
-    return head + yaml.safe_dump(recipe, sort_keys=False)

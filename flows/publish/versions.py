@@ -40,6 +40,8 @@ CONTRACT = (
     "dataset.parquet",
     "dataset.jsonl",
     "messages.jsonl",
+    "llamafactory.jsonl",
+    "prompt_completion.jsonl",
     "dataset_info.json",
     "llamafactory_lora.yaml",
     "rejects.parquet",

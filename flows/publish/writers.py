@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.core.config import PublishConfig
-from flows.core.files import atomic_path, write_json, write_text
-from flows.core.formats import assistant_weights
+from flows.core.files import atomic_path
 from flows.core.records import Reject, Seed
 from flows.publish.card import CARD_FILE, card_files
-from flows.publish.paper_setup import lora_recipe
+from flows.publish.trainers.export import trainer_files, weighed_messages
 
 if TYPE_CHECKING:
     import datasets
@@ -66,29 +65,13 @@ def _save_to_disk(dataset: datasets.Dataset, target: Path) -> None:
     shutil.rmtree(staging)
 
 
-def llama_factory_entry(name: str) -> dict[str, Any]:
-    """A LLaMA-Factory dataset_info.json entry for dataset.jsonl (ShareGPT layout)."""
-    return {
-        name: {
-            "file_name": "dataset.jsonl",
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations"},
-            "tags": {
-                "role_tag": "from",
-                "content_tag": "value",
-                "user_tag": "human",
-                "assistant_tag": "gpt",
-                "system_tag": "system",
-            },
-        }
-    }
-
-
-def _empty_dataset() -> datasets.Dataset:
+def _empty_dataset(weighed: bool) -> datasets.Dataset:
     """No row survived: still a loadable dataset with the columns a trainer reads."""
     datasets = _datasets()
     turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
     message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    if weighed:
+        message["weight"] = datasets.Value("int64")
     features = datasets.Features(
         {
             **{k: datasets.Value("string") for k in ("seed_id", "source", "domain", "scenario")},
@@ -162,31 +145,38 @@ def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield chunk
 
 
+class _Weighed:
+    """Rows whose assistant messages carry their training weights, re-iterable as the rows
+    are (write_dataset reads them twice)."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]], mapping: str) -> None:
+        self.rows, self.mapping = rows, mapping
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in self.rows:
+            yield {**row, "messages": weighed_messages(row, self.mapping)}
+
+
 def write_dataset(
     out: Path,
     rows: Iterable[dict[str, Any]],
     publish: PublishConfig,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     mapping: str = "alternate",
-) -> None:
-    """dataset.parquet (all columns), dataset.jsonl (ShareGPT), messages.jsonl (OpenAI), the
-    `datasets` folder hf/ and LLaMA-Factory's dataset_info.json. With publish.flawed_turns
-    `mask`, messages.jsonl gives each assistant message a `weight` (`mapping` is the
-    debate_mapping the turns were laid out with).
+) -> dict[str, Any]:
+    """dataset.parquet (all columns), dataset.jsonl (ShareGPT), messages.jsonl (OpenAI chat:
+    `messages` only, the one key that format takes), the `datasets` folder hf/ and the
+    trainers' files (flows/publish/trainers/export.py); returns summary.json's `training`.
+    With publish.flawed_turns `mask`, each assistant message of dataset.parquet, hf/ and
+    messages.jsonl has a `weight` (`mapping` is the debate_mapping the turns were laid out
+    with).
 
     `rows` is iterated twice (the schema first, then the files, a batch at a time), so a
     100,000-row dataset is never in memory: pass a list or a re-iterable view such as
     flows.publish.merge.PublishedRows. `on_row` sees each row as it is written."""
     masking = publish.flawed_turns == "mask"
-
-    def weighed(row: dict[str, Any]) -> list[dict[str, Any]]:
-        """The row's messages, each assistant message with its training weight."""
-        weights = assistant_weights(row["turns"], row["scenario"], mapping)
-        return [
-            m if w is None else {**m, "weight": w}
-            for m, w in zip(row["messages"], weights, strict=True)
-        ]
-
+    if masking:
+        rows = _Weighed(rows, mapping)
     schema = dataset_schema(rows)
     hf = publish.save_to_disk and schema is not None
     with (
@@ -195,10 +185,11 @@ def write_dataset(
         atomic_path(out / "messages.jsonl") as messages,
         sharegpt.open("w", encoding="utf-8") as sharegpt_fh,
         messages.open("w", encoding="utf-8") as messages_fh,
+        trainer_files(out, publish, mapping) as trainers,
         tempfile.TemporaryDirectory(prefix=".hf-", dir=out) as staging,
     ):
         if schema is None:
-            _empty_dataset().to_parquet(str(parquet))
+            _empty_dataset(masking).to_parquet(str(parquet))
         else:
             # hf/ from an Arrow stream written beside the parquet file: memory-mapped, so
             # save_to_disk never holds the dataset either
@@ -214,10 +205,10 @@ def write_dataset(
                             {"conversations": r["conversations"], "seed_id": r["seed_id"],
                              "scenario": r["scenario"], "source": r["source"]},
                             ensure_ascii=False) + "\n")  # fmt: skip
-                        messages_fh.write(json.dumps(
-                            {"messages": weighed(r) if masking else r["messages"],
-                             "seed_id": r["seed_id"]},
-                            ensure_ascii=False) + "\n")  # fmt: skip
+                        messages_fh.write(
+                            json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n"
+                        )
+                        trainers.add(r)
                         if on_row is not None:
                             on_row(r)
             if arrow is not None:
@@ -233,8 +224,7 @@ def write_dataset(
     if not hf and (out / "hf").exists():
         # `datasets` cannot load a 0-row folder back; no folder beats a stale or broken one
         shutil.rmtree(out / "hf")
-    write_json(out / "dataset_info.json", llama_factory_entry(publish.name))
-    write_text(out / "llamafactory_lora.yaml", lora_recipe(publish.name))
+    return trainers.finish()
 
 
 class PublishError(Exception):

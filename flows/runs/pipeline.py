@@ -160,7 +160,7 @@ def publish(
         if all(s["scenario"] != row["scenario"] for s in samples):
             samples.append(row)
 
-    write_dataset(
+    summary["training"] = write_dataset(
         out, PublishedRows(refs), cfg.publish, on_row=seen, mapping=cfg.scenarios.debate_mapping
     )
     write_rejects(out, [*loaded.rejects, *failed, *dropped, *stopped])

@@ -39,6 +39,8 @@ OUTPUTS = (
     "dataset.parquet",
     "dataset.jsonl",
     "messages.jsonl",
+    "llamafactory.jsonl",
+    "prompt_completion.jsonl",
     "dataset_info.json",
     "llamafactory_lora.yaml",
     "rejects.parquet",

@@ -181,12 +181,18 @@ def test_masked_flawed_turns_weigh_exactly_the_deliberately_imperfect_assistant_
             publish={"flawed_turns": "mask", "name": "kit_test"},
         )
     )
-    out = run_pipeline(cfg, tmp_path / "out", embedder=embedder).out
-    rows = {r["seed_id"]: r for r in _rows(out)}
+    result = run_pipeline(cfg, tmp_path / "out", embedder=embedder)
+    out = result.out
+    rows = _rows(out)
+    lines = (out / "messages.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows)  # line i is row i: OpenAI's format takes `messages` only
     seen = set()
-    for line in (out / "messages.jsonl").read_text().splitlines():
+    for line, row in zip(lines, rows, strict=True):
         record = json.loads(line)
-        row = rows[record["seed_id"]]
+        assert list(record) == ["messages"]
+        assert record["messages"] == [
+            {k: v for k, v in m.items() if v is not None} for m in row["messages"]
+        ]  # dataset.parquet carries the same weights
         assistant = [m for m in record["messages"] if m["role"] == "assistant"]
         assert all("weight" in m for m in assistant)
         assert all("weight" not in m for m in record["messages"] if m["role"] != "assistant")
@@ -202,10 +208,17 @@ def test_masked_flawed_turns_weigh_exactly_the_deliberately_imperfect_assistant_
         seen.add(row["scenario"])
     assert seen == {"error_correction", "debate", "analogy"}
     card = (out / "README.md").read_text()
-    assert "publish.flawed_turns: mask" in card
+    assert "publish.flawed_turns: mask" in card and "message_field_training: weight" in card
+    training = result.summary["training"]
+    trained = sum(
+        1 for row in rows for m in row["messages"] if m["role"] == "assistant" and m["weight"]
+    )
+    assert training["llamafactory"]["rows"] == training["trl"]["rows"] == trained
 
     recipe = yaml.safe_load((out / "llamafactory_lora.yaml").read_text())
-    assert recipe["dataset"] == "kit_test" in json.loads((out / "dataset_info.json").read_text())
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert recipe["dataset"] == "kit_test" and info["kit_test"]["file_name"] == "llamafactory.jsonl"
+    assert recipe["mask_history"] is True and recipe["template"] == "default"
     assert recipe["finetuning_type"] == "lora" and recipe["stage"] == "sft"
     assert recipe["num_train_epochs"] == 2 and recipe["learning_rate"] == 1e-4
     assert recipe["per_device_train_batch_size"] == 2

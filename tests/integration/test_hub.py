@@ -113,7 +113,9 @@ def test_the_upload_is_the_card_and_exactly_the_files_it_names_and_it_loads(
     card = DatasetCard.load(out / "README.md")
     configured = [f["path"] for c in card.data.configs for f in c["data_files"]]
     shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card.text)
-    assert configured == ["dataset.parquet"] and len(shown) == 3
+    # the `default` config and the `chat` config (its messages) both read dataset.parquet
+    assert configured == ["dataset.parquet", "dataset.parquet"] and len(shown) == 3
+    configured = configured[:1]
     # the data uploaded is exactly the card's configs' data files; beside them only the card
     # and the images it shows
     assert [p for p in uploaded if p != "README.md" and p not in shown] == configured
@@ -127,6 +129,8 @@ def test_the_upload_is_the_card_and_exactly_the_files_it_names_and_it_loads(
     assert loaded["train"].num_rows == published.height > 0
     assert loaded["train"]["seed_id"] == published["seed_id"].to_list()
     assert loaded["train"]["conversations"] == published["conversations"].to_list()
+    chat = datasets.load_dataset(str(hub.repo), "chat", cache_dir=str(tmp_path / "hf-cache"))
+    assert chat["train"]["messages"] == published["messages"].to_list()
     assert TOKEN not in caplog.text and TOKEN not in (out / "README.md").read_text()
 
 

@@ -190,7 +190,7 @@ def test_the_card_names_each_departure_from_the_paper() -> None:
         "original QA; merge.backfill: original)",
         "an ablation: the debate seeds are published as their original QA",
         "here: a reservoir of every loaded row (scenarios.analogy_pool: reservoir)",
-        "weight 0 (publish.flawed_turns: mask)",
+        "out of the loss (publish.flawed_turns: mask)",
         "the verifier: the paper: Qwen2.5-32B-Instruct judged the dialogues",
         "deduplication of the seeds: added; not in the paper (exact (case",
         "with 1 evaluation set is dropped, covering none of the paper's benchmarks",
