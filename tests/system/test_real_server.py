@@ -16,14 +16,16 @@ pytestmark = pytest.mark.embedded  # llama.cpp on both cores: one at a time (tes
 
 
 # The run's limits end it before the test's own, so a slow run fails saying so, with the server
-# stopped. They leave room for a run beside the other test worker (the same 12 seeds' wall
-# time on idle cores: benchmarks/RESULTS.md, real_endpoint).
+# stopped. They leave room for a run beside the other test worker (12 seeds' wall time on idle
+# cores: benchmarks/RESULTS.md, real_endpoint). The demo's 9 seeds give 3 dialogues of each
+# scenario; this test is the longest of the llama.cpp group, which `make test` runs one test
+# at a time, so it takes no more.
 @pytest.mark.timeout(900)
-def test_twelve_bundled_seeds_survive_a_real_server_with_a_small_model(tmp_path: Path) -> None:
+def test_nine_bundled_seeds_survive_a_real_server_with_a_small_model(tmp_path: Path) -> None:
     with LlamaServer(log=tmp_path / "server.log") as server:
         env = {
             **server.role_env(),
-            "MASTER__SEEDS__SAMPLE": "12",
+            "MASTER__SEEDS__SAMPLE": "9",
             "MASTER__CACHE__DIR": str(tmp_path / "cache"),
         }
         check = run_cli("lm", "check", env=env, timeout=120)
@@ -37,7 +39,7 @@ def test_twelve_bundled_seeds_survive_a_real_server_with_a_small_model(tmp_path:
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     quality = summary["quality"]
     generated = quality["accepted"] + quality["rejected"]
-    assert generated >= 10, quality
+    assert generated >= 7, quality  # at most 2 of 9 lost, as before at most 2 of 12
     lost_to_format = [r for r in quality["failures"] if "Format" in r or "AdapterParse" in r]
     assert not lost_to_format, quality["failures"]
     judge = summary["lm"]["by_role"]["judge"]
