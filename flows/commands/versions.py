@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.publish.changes import KINDS, changes_block, diff_rows, read_rows
+from flows.publish.changes import KINDS, changes_block, diff_files
 from flows.publish.gates import accepted_share
 from flows.publish.report import markdown_table
 from flows.publish.versions import CURRENT, OutputFolder, Version
@@ -91,10 +91,8 @@ def diff_versions(root: Path, a: str | None = None, b: str | None = None) -> dic
             older = earlier[-1] if earlier else None
     except LookupError as exc:
         raise VersionsError(str(exc)) from None
-    kinds = diff_rows(
-        read_rows(older.path / "dataset.parquet" if older else None),
-        read_rows(newer.path / "dataset.parquet"),
-    )
+    kinds = diff_files(older.path / "dataset.parquet" if older else None,
+                       newer.path / "dataset.parquet")  # fmt: skip
     block = changes_block(
         older.id if older else None, kinds, older.summary if older else None, newer.summary
     )

@@ -10,7 +10,6 @@ removed row). Used by publish (summary.json `changes`, report.md, the card) and 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -23,7 +22,26 @@ from flows.publish.report import markdown_table
 KINDS = ("added", "removed", "regenerated", "unchanged")
 EXAMPLES = 20  # seed ids per kind kept in summary.json; `master diff` lists them all
 
-Rows = dict[tuple[str, bool], tuple[str, str]]  # (seed_id, original) -> (scenario, digest)
+Rows = dict[tuple[str, bool], tuple[str, bytes]]  # (seed_id, original) -> (scenario, digest)
+
+
+def _digests(conversations: Any) -> list[bytes]:
+    """A digest of each row's conversation (speaker and text of every turn), computed on the
+    Arrow column: joining in Arrow and hashing bytes is many times faster than building the
+    rows as Python objects (benchmarks/RESULTS.md, versions)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    turns = conversations.flatten()
+    said = pc.binary_join_element_wise(
+        pc.fill_null(turns.field("from"), ""), pc.fill_null(turns.field("value"), ""), "\x1e"
+    )
+    offsets = pc.subtract(conversations.offsets, conversations.offsets[0])
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, said), "\x1f")
+    return [
+        hashlib.blake2b(b or b"", digest_size=16).digest()
+        for b in pc.fill_null(joined, "").cast(pa.binary()).to_pylist()
+    ]
 
 
 def read_rows(parquet: Path | None) -> Rows:
@@ -37,16 +55,38 @@ def read_rows(parquet: Path | None) -> Rows:
     for batch in pq.ParquetFile(parquet).iter_batches(
         columns=["seed_id", "scenario", "conversations"]
     ):
-        for seed_id, scenario, conversation in zip(
+        for seed_id, scenario, digest in zip(
             batch.column("seed_id").to_pylist(),
             batch.column("scenario").to_pylist(),
-            batch.column("conversations").to_pylist(),
+            _digests(batch.column("conversations")),
             strict=True,
         ):
-            canon = json.dumps(conversation, sort_keys=True, ensure_ascii=False)
-            digest = hashlib.sha256(canon.encode()).hexdigest()
             rows[(seed_id, scenario == "original")] = (scenario, digest)
     return rows
+
+
+def diff_files(before: Path | None, after: Path) -> dict[str, list[tuple[str, str]]]:
+    """`diff_rows` of two dataset.parquet files; two files of the same bytes (a replayed run
+    publishes the rows it published before) are all unchanged without reading a row."""
+    from flows.publish.versions import content_digest
+
+    if (
+        before is not None
+        and before.exists()
+        and (content_digest(before.parent) == content_digest(after.parent))
+    ):
+        import pyarrow.parquet as pq
+
+        keys = [
+            (seed_id, scenario)
+            for batch in pq.ParquetFile(after).iter_batches(columns=["seed_id", "scenario"])
+            for seed_id, scenario in zip(
+                batch.column("seed_id").to_pylist(), batch.column("scenario").to_pylist(),
+                strict=True,
+            )
+        ]  # fmt: skip
+        return {"added": [], "removed": [], "regenerated": [], "unchanged": sorted(keys)}
+    return diff_rows(read_rows(before), read_rows(after))
 
 
 def diff_rows(before: Rows, after: Rows) -> dict[str, list[tuple[str, str]]]:

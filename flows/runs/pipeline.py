@@ -182,14 +182,14 @@ def publish(
 def versioned(cfg: MasterConfig, release: Release, summary: dict[str, Any]) -> dict[str, Any]:
     """summary.json's `version`, `previous_version`, `changes` (against the published
     version) and `gates`, once the staged dataset.parquet is written."""
-    from flows.publish.changes import changes_block, diff_rows, read_rows
+    from flows.publish.changes import changes_block, diff_files
     from flows.publish.gates import check_gates
 
     previous = release.previous
     before = previous.summary if previous else None
-    kinds = diff_rows(
-        read_rows(previous.path / "dataset.parquet" if previous else None),
-        read_rows(release.staged / "dataset.parquet"),
+    kinds = diff_files(
+        previous.path / "dataset.parquet" if previous else None,
+        release.staged / "dataset.parquet",
     )
     return {
         "version": release.new_id(),
