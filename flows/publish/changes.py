@@ -126,6 +126,22 @@ def changes_block(
     }
 
 
+def unchanged_block(
+    since: str,
+    by_scenario: Mapping[str, int],
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any],
+) -> dict[str, Any]:
+    """`changes_block` for a version whose dataset.parquet has the previous one's bytes:
+    every row unchanged, counted from summary.json's rows.by_scenario."""
+    block = changes_block(since, dict.fromkeys(KINDS, []), before, after)
+    block["rows_unchanged"] = sum(by_scenario.values())
+    block["by_scenario"] = {
+        s: {**dict.fromkeys(KINDS, 0), "unchanged": n} for s, n in sorted(by_scenario.items())
+    }
+    return block
+
+
 def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
