@@ -193,8 +193,10 @@ def versioned(cfg: MasterConfig, release: Release, summary: dict[str, Any]) -> d
     previous = release.previous
     before = previous.summary if previous else None
     by_scenario = summary["rows"].get("by_scenario")
-    if previous and by_scenario is not None and (
-        content_digest(previous.path) == content_digest(release.staged)
+    if (
+        previous
+        and by_scenario is not None
+        and (content_digest(previous.path) == content_digest(release.staged))
     ):  # the same rows again (a replay): no row is read, nor pyarrow imported
         changes = unchanged_block(previous.id, by_scenario, before, summary)
     else:
