@@ -4,9 +4,10 @@
 #   deploy/serve.sh start   Prefect's own background server (`prefect server start
 #                           --background`: SQLite, 127.0.0.1 on $PREFECT_PORT or a free port,
 #                           its PID in .prefect-local/server.pid), the work pool, `prefect
-#                           deploy --all`, and a process worker (`prefect worker start` has no
-#                           background mode: it runs in its own process group, whose PID is
-#                           recorded in .prefect-local/worker.pid)
+#                           deploy --all`, the failed-nightly alert (deploy/alerts.yaml, when
+#                           $MASTER_ALERT_WEBHOOK_URL is set), and a process worker (`prefect
+#                           worker start` has no background mode: it runs in its own process
+#                           group, whose PID is recorded in .prefect-local/worker.pid)
 #   deploy/serve.sh stop    the worker's process group, then `prefect server stop`; only what
 #                           those two files record and still runs Prefect; safe to run twice
 #   deploy/serve.sh status  `prefect server status` and whether the worker runs
