@@ -29,27 +29,14 @@ from typing import Any
 
 from flows.core.code_version import source_fingerprint
 from flows.core.config import DataRef, MasterConfig
+from flows.publish.versions import CONTRACT
 from modules.lm.canonical import canonical_json
 
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"
 # what a run writes besides summary.json and report.md, which describe the run itself and are
 # written anew by a replay
-OUTPUTS = (
-    "dataset.parquet",
-    "dataset.jsonl",
-    "messages.jsonl",
-    "llamafactory.jsonl",
-    "prompt_completion.jsonl",
-    "dataset_info.json",
-    "llamafactory_lora.yaml",
-    "rejects.parquet",
-    "README.md",
-    "plot_counts.png",
-    "plot_lengths.png",
-    "plot_checks.png",
-    "hf",
-)
+OUTPUTS = tuple(name for name in CONTRACT if name not in ("summary.json", "report.md"))
 LIBRARIES = ("datasets", "polars", "pyarrow", "dspy", "matplotlib")
 STALE_STAGING_S = 3600
 
