@@ -142,13 +142,22 @@ class Stack:
             time.sleep(1)
         return state
 
-    def run_logs(self, run_id: str) -> list[str]:
-        with httpx.Client(base_url=self.api, timeout=30) as client:
-            found = client.post(
-                "/logs/filter",
-                json={"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"},
-            ).json()
-        return [entry["message"] for entry in found]
+    def run_logs(self, run_id: str, *expected: str, timeout: float = 60) -> list[str]:
+        """The run's log messages once one contains each `expected` text: the flow-run process
+        sends its logs in batches, the last of them after the run's final state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with httpx.Client(base_url=self.api, timeout=30) as client:
+                found = client.post(
+                    "/logs/filter",
+                    json={"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"},
+                ).json()
+            lines = [entry["message"] for entry in found]
+            if all(any(e in line for line in lines) for e in expected):
+                return lines
+            if time.monotonic() > deadline:
+                return lines  # the caller's assertions name what is missing
+            time.sleep(1)
 
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -405,7 +414,7 @@ def test_three_nights_publish_keep_the_last_good_version_and_alert_on_failure(
     assert summary1["changes"]["rows_added"] == summary1["rows"]["published"] == 8
     assert summary1["gates"]["passed"] and summary1["previous_version"] is None
     parquet1 = (out / "dataset.parquet").read_bytes()
-    logs1 = stack.run_logs(night1)
+    logs1 = stack.run_logs(night1, "kept 8 seeds", "seeds 8/8", "published version")
     # the pipeline's own lines reach the flow run's logs: its stages, progress, the gates
     assert any(line.startswith("kept 8 seeds") for line in logs1), logs1
     assert any(line.startswith("seeds 8/8, accepted 8") for line in logs1), logs1
@@ -432,7 +441,7 @@ def test_three_nights_publish_keep_the_last_good_version_and_alert_on_failure(
     assert alert is not None, f"no alert for {night2}: {receiver.bodies}"
     assert alert["deployment"] == "nightly" and alert["state"] == "Failed"
     assert "not published" in alert["message"]
-    logs2 = stack.run_logs(night2)
+    logs2 = stack.run_logs(night2, "not published")
     assert any("gates failed" in line or "not published" in line for line in logs2), logs2
     assert len(list((out / "attempts").iterdir())) == 2  # the run and its retry, set aside
 
