@@ -43,8 +43,8 @@ from flows.publish.versions import Release
 from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
 from flows.runs.prewarm import prewarm
 from flows.runs.progress import Progress, ProgressLines, run_prices
-from flows.runs.shards import new_budget, run_shard
-from flows.simulation.simulate import STOP, Outcome
+from flows.runs.shards import ShardResult, new_budget, run_shard
+from flows.simulation.simulate import STOP
 from modules.lm.budget import CallBudget
 from modules.runtime import setup
 
@@ -81,7 +81,7 @@ def simulate_task(
     index: int,
     budget: CallBudget | None = None,
     progress: Progress | None = None,
-) -> list[Outcome]:
+) -> ShardResult:
     return run_shard(jobs, cfg, budget, progress)
 
 
@@ -217,8 +217,10 @@ def _collect(
     progress reports), updating the progress artifact and, with `log_shards`, logging each."""
     start = time.monotonic()
     for future in as_completed(futures):
-        for outcome in future.result():
+        shard = future.result()
+        for outcome in shard.outcomes:
             collected.add(outcome)
+        collected.calls.add_replicas(shard.replicas)
         done = collected.outcomes
         calls, hits = collected.calls.totals()
         elapsed = time.monotonic() - start

@@ -28,6 +28,7 @@ PROGRESS_EVERY_S = 10.0  # off a terminal, a progress line at most this often
 
 if TYPE_CHECKING:
     from flows.runs.progress import Progress
+    from modules.lm.settings import LMSettings
 
 DESCRIPTION = """\
 MASTER turns question/answer seed data into multi-turn teacher-student dialogues for
@@ -523,40 +524,44 @@ def cmd_show_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoint(settings: object) -> str:
-    if getattr(settings, "is_embedded", False):
-        return "in-process"
-    return getattr(settings, "api_base", None) or "provider default"
+def _endpoints(settings: LMSettings) -> list[tuple[str, LMSettings]]:
+    """Each endpoint of a role to check, with the settings that reach it alone."""
+    if settings.is_embedded:
+        return [("in-process", settings)]
+    if not settings.replicas:
+        return [("provider default", settings)]
+    return [(base, settings.model_copy(update={"api_base": base})) for base in settings.replicas]
 
 
 def cmd_lm_check(args: argparse.Namespace) -> int:
+    """One line per role and endpoint: every replica of a pool is checked on its own."""
     from modules.lm.factory import build_lm
     from modules.lm.settings import LMConfigError
 
     cfg = _load(args)
     failed = 0
-    for role, settings in cfg.lms.items():
-        endpoint = _endpoint(settings)
-        start = time.monotonic()
-        try:
-            lm = build_lm(
-                role,
-                settings.model_copy(update={"timeout_s": min(settings.timeout_s, 30)}),
-                None,
-                num_retries=0,
-            )
-            lm(
-                messages=[{"role": "user", "content": "Reply with the single word OK."}],
-                max_tokens=8,
-            )
-            status = "ok"
-        except LMConfigError as exc:
-            status, failed = f"FAILED: {exc}", failed + 1
-        except Exception as exc:  # noqa: BLE001 - any provider error is reported, one line
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            status, failed = f"FAILED: {type(exc).__name__}: {reason}", failed + 1
-        latency = time.monotonic() - start
-        print(f"{role:<7} {settings.model:<40} {endpoint:<32} {latency:6.2f}s  {status}")
+    for role, role_settings in cfg.lms.items():
+        for endpoint, settings in _endpoints(role_settings):
+            start = time.monotonic()
+            try:
+                lm = build_lm(
+                    role,
+                    settings.model_copy(update={"timeout_s": min(settings.timeout_s, 30)}),
+                    None,
+                    num_retries=0,
+                )
+                lm(
+                    messages=[{"role": "user", "content": "Reply with the single word OK."}],
+                    max_tokens=8,
+                )
+                status = "ok"
+            except LMConfigError as exc:
+                status, failed = f"FAILED: {exc}", failed + 1
+            except Exception as exc:  # noqa: BLE001 - any provider error is reported, one line
+                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                status, failed = f"FAILED: {type(exc).__name__}: {reason}", failed + 1
+            latency = time.monotonic() - start
+            print(f"{role:<7} {settings.model:<40} {endpoint:<32} {latency:6.2f}s  {status}")
     return EXIT_FAILED if failed else 0
 
 

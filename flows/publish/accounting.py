@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from modules.lm.pool import ReplicaStats
 from modules.lm.settings import ROLES, RoleLMs
 
 if TYPE_CHECKING:
@@ -20,6 +21,9 @@ class CallTally:
         # role -> [calls, cache hits, tokens in, tokens out, tokens of cache hits,
         #          replies repaired, replies that failed to parse]
         self.by_role: dict[str, list[int]] = {role: [0] * 7 for role in ROLES}
+        # role -> replica base URL -> attempts, failures, ejections, latency (its pools' own
+        # counts: a call that failed over is one call here, two attempts there)
+        self.replicas: dict[str, dict[str, ReplicaStats]] = {}
 
     def add(self, records: Iterable[CallRecord]) -> CallTally:
         for rec in records:
@@ -41,9 +45,17 @@ class CallTally:
         """LM calls made and calls the cache answered, over every role."""
         return sum(r[0] for r in self.by_role.values()), sum(r[1] for r in self.by_role.values())
 
+    def add_replicas(self, replicas: dict[str, dict[str, ReplicaStats]]) -> None:
+        """Add what a shard's replica pools counted (role -> base URL -> counts)."""
+        for role, bases in replicas.items():
+            mine = self.replicas.setdefault(role, {})
+            for base, stats in bases.items():
+                mine.setdefault(base, ReplicaStats()).merge(stats)
+
     def merge(self, other: CallTally) -> None:
         for role, sums in other.by_role.items():
             self.by_role[role] = [a + b for a, b in zip(self.by_role[role], sums, strict=True)]
+        self.add_replicas(other.replicas)
 
     def block(self, lms: RoleLMs, all_cached: bool = False) -> dict[str, Any]:
         """The `lm` block of DESIGN.md section 4; cache hits also count as tokens saved.
@@ -69,6 +81,10 @@ class CallTally:
                 "format_repairs": repairs,
                 "format_failures": failures,
             }
+            if not all_cached and self.replicas.get(role):
+                by_role[role]["replicas"] = {
+                    base: stats.block() for base, stats in self.replicas[role].items()
+                }
         totals = {
             key: sum(r[key] for r in by_role.values())
             for key in (

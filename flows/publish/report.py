@@ -50,6 +50,20 @@ _LM_COLUMNS = {
 }
 
 
+def _replicas(lm: dict[str, Any]) -> list[str]:
+    """The replicas table: each role's servers, what they were sent and how they fared."""
+    rows = [
+        [role, f"`{base}`", r["calls"], r["failures"], r["ejections"],
+         "-" if r["p50_latency_s"] is None else f"{r['p50_latency_s']:.3f}"]
+        for role, v in lm["by_role"].items()
+        for base, r in v.get("replicas", {}).items()
+    ]  # fmt: skip
+    if not rows:
+        return []
+    header = ["role", "replica", "calls", "failures", "ejections", "p50 latency (s)"]
+    return ["### Replicas", "", markdown_table(header, rows), ""]
+
+
 def _release(summary: dict[str, Any]) -> list[str]:
     """The version, its gates and what changed since the previous one (flows/publish)."""
     if "gates" not in summary:
@@ -114,6 +128,7 @@ def render_report(
             + [["**all**", *(lm.get(k, 0) for k in _LM_COLUMNS)]],
         ),
         "",
+        *_replicas(lm),
     ]
     if plots:
         parts += ["## Plots", "", plots, ""]

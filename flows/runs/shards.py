@@ -5,7 +5,8 @@ flow runs shards as Prefect tasks (threads, or Dask workers for scale-out)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from flows.simulation.simulate import Outcome, stream
 from modules.lm.budget import BUDGET_SPENT, CallBudget
 from modules.lm.call_cache import CallStore
 from modules.lm.factory import build_role_lms
+from modules.lm.pool import Pool, ReplicaStats
 from modules.scenarios.judge import Judge
 from modules.scenarios.registry import build_judge, role_adapters
 
@@ -42,13 +44,17 @@ def new_budget(cfg: MasterConfig, share: float = 1.0) -> CallBudget | None:
 
 
 def open_programs(
-    cfg: MasterConfig, scenarios: set[str], budget: CallBudget | None = None
+    cfg: MasterConfig,
+    scenarios: set[str],
+    budget: CallBudget | None = None,
+    pools: dict[str, Pool] | None = None,
 ) -> tuple[dict, CallStore | None]:
     """The scenario programs on the LMs of the roles these scenarios need, and the call
-    cache."""
+    cache. `pools` gets each role's replica pool (for its counts in summary.json)."""
     store = CallStore(cfg.cache.dir) if cfg.cache.enabled else None
     needed = tuple(sorted({r for scenario in scenarios for r in ROLES_BY_SCENARIO[scenario]}))
     lms = build_role_lms(cfg.lms, store, needed, budget)  # type: ignore[arg-type]
+    _keep_pools(lms, pools)
     programs = configured_programs(
         lms, cfg.scenarios.programs, cfg.optimize.programs_dir, role_adapters(cfg.lms)
     )
@@ -56,11 +62,38 @@ def open_programs(
 
 
 def open_judge(
-    cfg: MasterConfig, store: CallStore | None, budget: CallBudget | None = None
+    cfg: MasterConfig,
+    store: CallStore | None,
+    budget: CallBudget | None = None,
+    pools: dict[str, Pool] | None = None,
 ) -> Judge | None:
     if not judging(cfg):
         return None
-    return build_judge(cfg.lms, build_role_lms(cfg.lms, store, ("judge",), budget)["judge"])
+    lms = build_role_lms(cfg.lms, store, ("judge",), budget)
+    _keep_pools(lms, pools)
+    return build_judge(cfg.lms, lms["judge"])
+
+
+def _keep_pools(lms: Mapping[str, Any], pools: dict[str, Pool] | None) -> None:
+    if pools is None:
+        return
+    for role, lm in lms.items():
+        if getattr(lm, "pool", None) is not None:
+            pools[role] = lm.pool
+
+
+def replica_counts(pools: Mapping[str, Pool]) -> dict[str, dict[str, ReplicaStats]]:
+    """role -> replica base URL -> its counts: what a shard's pools did."""
+    return {role: pool.stats() for role, pool in pools.items()}
+
+
+@dataclass
+class ShardResult:
+    """What a shard task hands back to its flow: its outcomes, in job order, and what its
+    replica pools counted (role -> base URL -> counts)."""
+
+    outcomes: list[Outcome]
+    replicas: dict[str, dict[str, ReplicaStats]] = field(default_factory=dict)
 
 
 def _unfinished(outcome: Outcome) -> None:
@@ -98,14 +131,16 @@ def _shard(
     emit: Callable[[int, Outcome], None],
     progress: Progress | None = None,
     on_waiting: Callable[[], object] | None = None,
-) -> None:
+) -> dict[str, dict[str, ReplicaStats]]:
     """Simulate and verify one shard of jobs, with its own programs and cache handle;
     emit(job index, outcome) as each outcome is final, and count it in `progress`. Each
-    dialogue is also logged, at DEBUG (`master run -v`). `on_waiting`: see simulate.stream."""
+    dialogue is also logged, at DEBUG (`master run -v`). `on_waiting`: see simulate.stream.
+    Returns what the shard's replica pools counted."""
     scenarios = {job.scenario for job in jobs}
-    programs, store = open_programs(cfg, scenarios, budget)
+    pools: dict[str, Pool] = {}
+    programs, store = open_programs(cfg, scenarios, budget, pools)
     dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
-    judge = open_judge(cfg, store, budget)
+    judge = open_judge(cfg, store, budget, pools)
     verdicts = verdict_book(cfg, dialogues, judge)
     finished = 0
     if progress is not None:
@@ -146,6 +181,7 @@ def _shard(
             store.close()
         if dialogues is not None:
             dialogues.close()
+    return replica_counts(pools)
 
 
 def run_shard(
@@ -153,12 +189,13 @@ def run_shard(
     cfg: MasterConfig,
     budget: CallBudget | None = None,
     progress: Progress | None = None,
-) -> list[Outcome]:
-    """A shard's outcomes, in job order (what a Prefect task hands back to its flow); each
-    counted in `progress` (shared by the shards of one process) as it is final."""
+) -> ShardResult:
+    """A shard's outcomes, in job order, and its replica counts (what a Prefect task hands
+    back to its flow); each outcome counted in `progress` (shared by the shards of one
+    process) as it is final."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    _shard(jobs, cfg, budget, outcomes.__setitem__, progress)
-    return outcomes  # type: ignore[return-value]
+    replicas = _shard(jobs, cfg, budget, outcomes.__setitem__, progress)
+    return ShardResult(outcomes, replicas)  # type: ignore[arg-type]
 
 
 def collect_shard(
@@ -172,7 +209,10 @@ def collect_shard(
     """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
     stays in memory but its traces (flows/publish/collect.py)."""
     try:
-        _shard(jobs, cfg, budget, lambda _, outcome: collected.add(outcome), progress, on_waiting)
+        replicas = _shard(
+            jobs, cfg, budget, lambda _, outcome: collected.add(outcome), progress, on_waiting
+        )
+        collected.calls.add_replicas(replicas)
     finally:
         collected.close()
     return collected

@@ -19,7 +19,13 @@ from modules.lm.budget import AsyncBudgetEngine, BudgetEngine, CallBudget
 from modules.lm.call_cache import AsyncCachingEngine, CachingEngine, CallStore
 from modules.lm.embedded import AsyncEmbeddedEngine, EmbeddedEngine
 from modules.lm.limits import AsyncLimitEngine, CallLimit, LimitEngine
-from modules.lm.openai_compat import AsyncOpenAICompatEngine, OpenAICompatEngine, serves
+from modules.lm.openai_compat import (
+    OPENAI_BASE,
+    AsyncOpenAICompatEngine,
+    OpenAICompatEngine,
+    serves,
+)
+from modules.lm.pool import Pool
 from modules.lm.settings import LMConfigError, LMSettings, Role, RoleLMs
 
 
@@ -28,6 +34,9 @@ class RoleLM(dspy.LM):
     call cache, the budget, DSPy's engine lock), not program state, so deepcopy returns the
     same LM. DSPy's optimizers copy programs; without this, each copy fell back to a shallow
     copy of the LM with a warning per predictor."""
+
+    #: the role's replica pool (modules/lm/pool.py) when an OpenAI-compatible engine serves it
+    pool: Pool | None = None
 
     def __deepcopy__(self, memo: dict[int, object]) -> RoleLM:
         return self
@@ -43,16 +52,24 @@ def _remote_engines(
             f"(it must hold the API key for {settings.model})"
         )
     if serves(settings.model):
+        # one pool for the role's sync and async engines; it caps each replica at
+        # max_concurrency itself (AIMD below that), so no LimitEngine goes around them
+        pool = Pool(settings.replicas or [OPENAI_BASE], settings.max_concurrency)
         policy = (settings.api_base, settings.api_key_env, settings.timeout_s, num_retries)
-        dialect = {"structured_output": settings.structured_output}
+        extra = {"structured_output": settings.structured_output, "pool": pool}
         return (
-            OpenAICompatEngine(*policy, **dialect),
-            AsyncOpenAICompatEngine(*policy, **dialect),
+            OpenAICompatEngine(*policy, **extra),
+            AsyncOpenAICompatEngine(*policy, **extra),
             0,
+        )
+    if len(settings.replicas) > 1:
+        raise LMConfigError(
+            f"role {role}: api_base lists {len(settings.replicas)} replicas, which only "
+            f"openai/... and hosted_vllm/... models can use (the model is {settings.model})"
         )
     options: dict[str, object] = {"timeout": settings.timeout_s}
     if settings.api_base:
-        options["api_base"] = settings.api_base
+        options["api_base"] = settings.replicas[0]
     if settings.api_key_env:
         options["api_key"] = os.environ[settings.api_key_env]
     elif settings.api_base:
@@ -67,12 +84,14 @@ def build_lm(
     num_retries: int = 3,
     budget: CallBudget | None = None,
 ) -> dspy.LM:
+    pool = None
     if settings.is_embedded:
         inner = EmbeddedEngine()
         ainner: object = AsyncEmbeddedEngine(inner)
     else:
         inner, ainner, num_retries = _remote_engines(role, settings, num_retries)  # type: ignore[assignment]
-    if settings.max_concurrency:  # behind the cache: hits never wait for a slot
+        pool = getattr(inner, "pool", None)
+    if settings.max_concurrency and pool is None:  # behind the cache: hits never wait
         limit = CallLimit(settings.max_concurrency)
         inner, ainner = LimitEngine(inner, limit), AsyncLimitEngine(ainner, limit)  # type: ignore[assignment]
     if budget is not None:  # behind the cache: only calls that reach a model are charged
@@ -80,7 +99,7 @@ def build_lm(
         inner = BudgetEngine(inner, budget, *prices)  # type: ignore[assignment]
         ainner = AsyncBudgetEngine(ainner, budget, *prices)
     sync = CachingEngine(inner, role, store)
-    return RoleLM(
+    lm = RoleLM(
         settings.model,
         engine=sync,
         async_engine=AsyncCachingEngine(ainner, sync),
@@ -89,6 +108,8 @@ def build_lm(
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
     )
+    lm.pool = pool
+    return lm
 
 
 def build_role_lms(

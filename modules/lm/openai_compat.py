@@ -16,6 +16,10 @@ What it adds over a bare POST:
   502, 503, 504, connection errors and timeouts; a Retry-After header (seconds) is honoured.
   The ``dspy.LM`` around this engine is built with ``num_retries=0``, so this is the only
   retry loop. Exhausted retries raise DSPy's canonical ``lm15`` errors.
+- A pool of replicas (modules/lm/pool.py) when ``api_base`` lists several: each attempt
+  asks the pool which server to send to, and an attempt that failed on one replica is sent
+  to another in rotation at once, without spending a retry. The retries count rounds: a
+  backoff is slept only when no replica in rotation is left untried for the call.
 
 ``OpenAICompatEngine`` (sync, httpx) serves plain calls (``master lm check``, optimizers);
 ``AsyncOpenAICompatEngine`` (aiohttp, one session per event loop) serves the simulation.
@@ -30,7 +34,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -46,12 +50,15 @@ from dspy.lm15 import (
 from dspy.lm15 import TimeoutError as LMTimeoutError
 
 from modules.lm.dspy_internals import ChatDialect, http_engine_usable, http_error
+from modules.lm.pool import Failure, Pool, Replica
 
 #: LiteLLM prefixes whose models this engine serves: their endpoints speak OpenAI's chat API.
 OPENAI_COMPATIBLE_PREFIXES = ("openai", "hosted_vllm")
 OPENAI_BASE = "https://api.openai.com/v1"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 PROVIDER = "openai-compatible"
+#: GET /models of a replica out of rotation: a server that answers at all is back
+PROBE_TIMEOUT_S = 5.0
 
 
 def serves(model: str) -> bool:
@@ -80,15 +87,23 @@ class _Policy:
 
     def __init__(
         self,
-        api_base: str | None,
+        api_base: str | Sequence[str] | None,
         api_key_env: str | None,
         timeout_s: float,
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         structured_output: str | None = None,
+        max_concurrency: int | None = None,
+        pool: Pool | None = None,
     ) -> None:
-        self.url = (api_base or OPENAI_BASE).rstrip("/") + "/chat/completions"
+        bases = (
+            [api_base or OPENAI_BASE]
+            if api_base is None or isinstance(api_base, str)
+            else list(api_base)
+        )
+        #: shared by this role's sync and async engines (factory.py): one view of the servers
+        self.pool = pool or Pool(bases, max_concurrency)
         self.structured_output = structured_output
         self.api_key_env = api_key_env
         self.timeout_s = timeout_s
@@ -101,7 +116,19 @@ class _Policy:
         self._dialect = ChatDialect()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self.url!r}, key_env={self.api_key_env!r})"
+        bases = [r.base for r in self.pool.replicas]
+        return f"{type(self).__name__}(replicas={bases!r}, key_env={self.api_key_env!r})"
+
+    @staticmethod
+    def url(replica: Replica) -> str:
+        return replica.base + "/chat/completions"
+
+    def exhausted(self, error: Exception) -> Exception:
+        """The error a call raises when its retries are spent: as it came, or, when every
+        replica of a pool is out of rotation, one that says so first (the breaker's line)."""
+        if len(self.pool.replicas) > 1 and self.pool.all_down():
+            return type(error)(f"{self.pool.describe_down()}; last: {error}", provider=PROVIDER)
+        return error
 
     def body(self, request: Request) -> bytes:
         """The chat body DSPy's request_kwargs(request, "chat") gives, model and max_tokens
@@ -186,6 +213,18 @@ def _retryable(error: Exception) -> bool:
     return getattr(error, "status", None) in RETRY_STATUSES
 
 
+def failure_kind(error: Exception) -> Failure:
+    """How an attempt's error reads to the pool (modules/lm/pool.py)."""
+    if isinstance(error, (TransportError, LMTimeoutError)):
+        return "down"
+    status = getattr(error, "status", None)
+    if status == 429 and not isinstance(error, BillingError):
+        return "overloaded"
+    if isinstance(status, int) and status >= 500:
+        return "server_error"
+    return "other"
+
+
 class OpenAICompatEngine(_Policy):
     """Synchronous engine: one httpx client, thread-safe, retries with time.sleep."""
 
@@ -202,11 +241,11 @@ class OpenAICompatEngine(_Policy):
                 self._client = httpx.Client(timeout=self.timeout_s)
             return self._client
 
-    def _once(self, request: Request, body: bytes) -> Response:
+    def _once(self, request: Request, body: bytes, replica: Replica) -> Response:
         import httpx
 
         try:
-            resp = self._http().post(self.url, content=body, headers=self.headers())
+            resp = self._http().post(self.url(replica), content=body, headers=self.headers())
         except httpx.TimeoutException as exc:
             raise LMTimeoutError(
                 f"no answer within {self.timeout_s:g} s", provider=PROVIDER
@@ -217,16 +256,40 @@ class OpenAICompatEngine(_Policy):
             request, resp.status_code, resp.content, resp.headers.get("retry-after")
         )
 
+    def probe(self, base: str) -> bool:
+        """Whether a replica out of rotation answers GET /models (any status below 500)."""
+        try:
+            resp = self._http().get(base + "/models", headers=self.headers(),
+                                    timeout=PROBE_TIMEOUT_S)  # fmt: skip
+        except Exception:  # noqa: BLE001 - no answer in any way: still down
+            return False
+        return resp.status_code < 500
+
     def complete(self, request: Request) -> Response:
         body = self.body(request)
-        for attempt in range(self.max_retries + 1):
+        attempt, tried = 0, []
+        while True:
+            replica = self.pool.acquire_sync(tried, self.probe)
+            sent = self.pool.clock()
             try:
-                return self._once(request, body)
-            except Exception as exc:
-                if attempt >= self.max_retries or not _retryable(exc):
+                response = self._once(request, body, replica)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # interrupted: the slot is given back
+                    self.pool.release(replica)
                     raise
+                self.pool.failed(replica, failure_kind(exc), sent)
+                if not _retryable(exc):
+                    raise
+                tried.append(replica)
+                if self.pool.others_up(tried):
+                    continue  # failover: another replica takes the call at once
+                if attempt >= self.max_retries:
+                    raise self.exhausted(exc) from exc
                 time.sleep(self.delay(attempt, exc))
-        raise AssertionError("unreachable")
+                attempt, tried = attempt + 1, []
+            else:
+                self.pool.succeeded(replica, self.pool.clock() - sent, sent)
+                return response
 
     def stream(self, request: Request) -> Iterator[Any]:
         return response_to_events(self.complete(request))
@@ -261,11 +324,12 @@ class AsyncOpenAICompatEngine(_Policy):
             self._sessions[loop] = session
         return session
 
-    async def _once(self, request: Request, body: bytes) -> Response:
+    async def _once(self, request: Request, body: bytes, replica: Replica) -> Response:
         import aiohttp
 
+        url = self.url(replica)
         try:
-            async with self._session().post(self.url, data=body, headers=self.headers()) as resp:
+            async with self._session().post(url, data=body, headers=self.headers()) as resp:
                 status, raw, hint = resp.status, await resp.read(), resp.headers.get("Retry-After")
         except TimeoutError as exc:
             raise LMTimeoutError(
@@ -275,16 +339,44 @@ class AsyncOpenAICompatEngine(_Policy):
             raise TransportError(f"{type(exc).__name__}: {exc}", provider=PROVIDER) from exc
         return self.response(request, status, raw, hint)
 
+    async def probe(self, base: str) -> bool:
+        """Whether a replica out of rotation answers GET /models (any status below 500)."""
+        import aiohttp
+
+        try:
+            timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+            async with self._session().get(
+                base + "/models", headers=self.headers(), timeout=timeout
+            ) as resp:
+                return resp.status < 500
+        except Exception:  # noqa: BLE001 - no answer in any way: still down
+            return False
+
     async def complete(self, request: Request) -> Response:
         body = self.body(request)
-        for attempt in range(self.max_retries + 1):
+        attempt, tried = 0, []
+        while True:
+            replica = await self.pool.acquire(tried, self.probe)
+            sent = self.pool.clock()
             try:
-                return await self._once(request, body)
-            except Exception as exc:
-                if attempt >= self.max_retries or not _retryable(exc):
+                response = await self._once(request, body, replica)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # cancelled: the slot is given back
+                    self.pool.release(replica)
                     raise
+                self.pool.failed(replica, failure_kind(exc), sent)
+                if not _retryable(exc):
+                    raise
+                tried.append(replica)
+                if self.pool.others_up(tried):
+                    continue  # failover: another replica takes the call at once
+                if attempt >= self.max_retries:
+                    raise self.exhausted(exc) from exc
                 await asyncio.sleep(self.delay(attempt, exc))
-        raise AssertionError("unreachable")
+                attempt, tried = attempt + 1, []
+            else:
+                self.pool.succeeded(replica, self.pool.clock() - sent, sent)
+                return response
 
     async def stream(self, request: Request) -> Any:
         for event in response_to_events(await self.complete(request)):

@@ -43,7 +43,11 @@ class LMSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(min_length=1, description="LiteLLM model id, or 'embedded/...' for SmolLM2")
-    api_base: str | None = Field(default=None, description="OpenAI-compatible endpoint URL")
+    api_base: str | tuple[str, ...] | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint URL, or a list of replicas serving the same "
+        "model: calls are balanced over them, with failover (modules/lm/pool.py)",
+    )
     api_key_env: str | None = Field(
         default=None, description="name of the environment variable that holds the API key"
     )
@@ -80,6 +84,27 @@ class LMSettings(BaseModel):
                 "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key"
             )
         return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _replicas(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        if isinstance(value, tuple):
+            if not value:
+                raise ValueError("the list of replicas is empty (give at least one URL)")
+            if any(not v.strip() for v in value):
+                raise ValueError("a replica URL is empty")
+            seen = [v.rstrip("/") for v in value]
+            twice = sorted({v for v in seen if seen.count(v) > 1})
+            if twice:
+                raise ValueError(f"replica listed twice: {', '.join(twice)}")
+        return value
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        """The api_base URLs, one or several; empty for the provider's default."""
+        if not self.api_base:
+            return ()
+        return (self.api_base,) if isinstance(self.api_base, str) else self.api_base
 
     @property
     def is_embedded(self) -> bool:

@@ -72,6 +72,29 @@ def test_env_override_applies_and_errors_name_the_variable() -> None:
         load_config(environ={"MASTER__LMS__WEAK__TEMPERATURE": "hot"})
 
 
+def test_api_base_takes_a_list_of_replicas_and_names_a_bad_one() -> None:
+    base = {"MASTER__LMS__WEAK__MODEL": "openai/m"}
+    two = "[http://a:8000/v1, http://b:8000/v1]"
+    cfg = load_config(environ={**base, "MASTER__LMS__WEAK__API_BASE": two})
+    assert cfg.lms.weak.replicas == ("http://a:8000/v1", "http://b:8000/v1")
+    one = load_config(environ={**base, "MASTER__LMS__WEAK__API_BASE": "http://a:8000/v1"})
+    assert one.lms.weak.replicas == ("http://a:8000/v1",)
+    twice = "[http://a:8000/v1, http://a:8000/v1/]"
+    with pytest.raises(ConfigError, match=r"^MASTER__LMS__WEAK__API_BASE: .*listed twice"):
+        load_config(environ={**base, "MASTER__LMS__WEAK__API_BASE": twice})
+    with pytest.raises(ConfigError, match=r"^MASTER__LMS__WEAK__API_BASE: .*empty"):
+        load_config(environ={**base, "MASTER__LMS__WEAK__API_BASE": "[]"})
+
+
+def test_a_replica_list_for_a_litellm_model_is_one_clear_error() -> None:
+    from modules.lm.factory import build_lm
+    from modules.lm.settings import LMConfigError, LMSettings
+
+    settings = LMSettings(model="anthropic/claude", api_base=["http://a/v1", "http://b/v1"])
+    with pytest.raises(LMConfigError, match="role weak: api_base lists 2 replicas"):
+        build_lm("weak", settings, None)
+
+
 def test_a_pasted_key_is_refused_where_a_variable_name_belongs(tmp_path: Path) -> None:
     data = _default()
     data["lms"]["judge"]["api_key_env"] = "sk-proj-abc123-secret"

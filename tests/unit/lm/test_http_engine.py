@@ -251,3 +251,21 @@ def test_requests_cannot_carry_what_orjson_writes_differently() -> None:
         Config(temperature=float("nan"))
     with pytest.raises(TypeError):
         Config(max_tokens=8, extensions={"repetition_penalty": float("nan")})
+
+
+def test_a_call_fails_over_to_another_replica_without_spending_a_retry() -> None:
+    with FakeLLMServer(status_override=503) as sick, FakeLLMServer() as well:
+        dead = "http://127.0.0.1:9/v1"
+        sync = OpenAICompatEngine([dead, sick.base_url, well.base_url], None, 5.0, 0)
+        for _ in range(3):  # no retries left to spend: only failover can answer
+            assert sync.complete(_request()).text
+        aengine = AsyncOpenAICompatEngine([sick.base_url, well.base_url], None, 5.0, 0)
+
+        async def calls() -> list[str]:
+            return [(await aengine.complete(_request())).text for _ in range(3)]
+
+        assert all(asyncio.run(calls()))
+        assert well.request_count == 6
+        stats = sync.pool.stats()
+    assert stats[dead].ejections == 1 and stats[dead].calls == 1  # out at once, stays out
+    assert stats[sick.base_url.rstrip("/")].failures >= 1
