@@ -828,6 +828,8 @@ def bench_versions(seeds: int = 100_000) -> dict:
     }
 
 
+from pool import bench_pool  # noqa: E402  (benchmarks/ is on the path, above)
+
 BENCHES: dict[str, Callable[..., dict]] = {
     "rerun": bench_rerun,
     "dedupe": bench_dedupe,
@@ -842,6 +844,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "soak": bench_soak,
     "peers": bench_peers,
     "versions": bench_versions,
+    "pool": bench_pool,
 }
 
 
