@@ -36,10 +36,11 @@ def free_port() -> int:
 class LlamaServer:
     """Starts `python -m llama_cpp.server` in its own process group; stops it on exit."""
 
-    def __init__(self, n_ctx: int = 4096, log: Path | None = None) -> None:
+    def __init__(self, n_ctx: int = 4096, log: Path | None = None, threads: int = 2) -> None:
         self.port = free_port()
         self.n_ctx = n_ctx
         self.log = log
+        self.threads = threads
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,7 +51,7 @@ class LlamaServer:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
-        command += ["--model_alias", MODEL_ALIAS, "--n_threads", "2"]
+        command += ["--model_alias", MODEL_ALIAS, "--n_threads", str(self.threads)]
         self.process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -76,6 +77,18 @@ class LlamaServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=15)
+
+    def kill(self) -> None:
+        """SIGKILL, as a server dies: the requests it was serving get no answer."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+    def answered(self) -> int:
+        """Chat completions this server has answered (uvicorn's access log; needs `log`)."""
+        if self.log is None or not self.log.exists():
+            return 0
+        return self.log.read_text(errors="replace").count('"POST /v1/chat/completions')
 
     @property
     def running(self) -> bool:

@@ -114,6 +114,12 @@ def test_augment_flow_on_a_dask_cluster(
         calls = fake_llm.request_count
         assert summary["lm"]["calls"] == calls > 0
         assert sum(summary["dialogues"].values()) == 6
+        # each worker's replica counts come back with its shard
+        by_role = summary["lm"]["by_role"].values()
+        assert (
+            sum(r["replicas"][fake_llm.base_url]["calls"] for r in by_role if "replicas" in r)
+            == calls
+        )
         for name in ("summary.json", "dataset.parquet", "dataset.jsonl", "report.md"):
             assert (first / name).is_file(), f"{name} missing in {sorted(os.listdir(first))}"
         assert json.loads((first / "summary.json").read_text())["dialogues"] == summary["dialogues"]

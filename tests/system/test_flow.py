@@ -39,6 +39,10 @@ def test_augment_flow_writes_outputs_and_artifacts(
     assert summary["lm"]["calls"] == fake_llm.request_count > 0
     assert json.loads((out / "summary.json").read_text())["dialogues"] == summary["dialogues"]
     assert sum(summary["dialogues"].values()) == 6 and summary["run_cache"] == "stored"
+    # the shards' replica counts come back to the flow: every call, on the one server
+    sent = [r["replicas"][fake_llm.base_url]["calls"] for r in summary["lm"]["by_role"].values()
+            if "replicas" in r]  # fmt: skip
+    assert sum(sent) == fake_llm.request_count
     calls = fake_llm.request_count
     again = augment(config_path=str(config), out=str(tmp_path / "again"))
     assert again["run_cache"] == "hit" and fake_llm.request_count == calls
