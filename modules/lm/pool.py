@@ -25,6 +25,11 @@ Example:
     ...  # POST to replica.base
     pool.succeeded(replica, latency_s)  # or pool.failed(replica, kind, latency_s)
 
+Decided: Retry-After holds the call that got the 429, not the replica: the call moves to
+another replica in rotation at once, or, with none left, sleeps Retry-After before its next
+round; the replica keeps serving other calls at its halved limit (a server's 429 often
+answers one burst, and a replica held still for every 429 of a 5% rate would never serve).
+
 Decided: the latency rule triggers at 3x the baseline, not 2x: a batching server (vLLM) is
 slower per call at batch 64 than at batch 1 while it serves more calls a second, and a
 latency cut there would cost throughput; a queueing server (llama.cpp, ``fake_llm.py

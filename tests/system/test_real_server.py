@@ -34,7 +34,7 @@ def test_nine_bundled_seeds_survive_two_real_servers_when_one_is_killed_mid_run(
 ) -> None:
     with (
         LlamaServer(log=tmp_path / "a.log") as server,
-        LlamaServer(log=tmp_path / "b.log") as doomed,
+        LlamaServer(log=tmp_path / "b.log", threads=1) as doomed,  # 3 threads on 2 cores
     ):
         replicas = f"[{server.base_url}, {doomed.base_url}]"
         env = {

@@ -269,3 +269,16 @@ def test_a_call_fails_over_to_another_replica_without_spending_a_retry() -> None
         stats = sync.pool.stats()
     assert stats[dead].ejections == 1 and stats[dead].calls == 1  # out at once, stays out
     assert stats[sick.base_url.rstrip("/")].failures >= 1
+
+
+def test_a_429_moves_the_call_to_another_replica_and_cuts_only_the_busy_ones_limit() -> None:
+    with FakeLLMServer(script=["429"], retry_after=30) as busy, FakeLLMServer() as free:
+        engine = OpenAICompatEngine([busy.base_url, free.base_url], None, 5.0, 0,
+                                    max_concurrency=8)  # fmt: skip
+        busy_replica, free_replica = engine.pool.replicas
+        busy_replica.in_flight = free_replica.in_flight = 3  # others' calls; a tie: busy first
+        assert engine.complete(_request()).text  # no retry left: only failover can answer
+    assert busy.outcomes == ["429"] and free.request_count == 1
+    assert busy_replica.limit == 2  # half of the 4 in flight when it said 429
+    assert free_replica.limit == 8 and not busy_replica.down
+    assert free_replica.in_flight == 3 and busy_replica.in_flight == 3  # its slots given back
