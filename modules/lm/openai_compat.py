@@ -123,6 +123,22 @@ class _Policy:
     def url(replica: Replica) -> str:
         return replica.base + "/chat/completions"
 
+    def after_failure(
+        self, replica: Replica, error: Exception, sent: float, tried: list[Replica], attempt: int
+    ) -> float | None:
+        """After a failed attempt: None to send the call to another replica in rotation at
+        once (`tried` gets this one), else the seconds to wait before the next round; raises
+        when the call is over (an error not worth retrying, or the retries spent)."""
+        self.pool.failed(replica, failure_kind(error), sent)
+        if not _retryable(error):
+            raise error
+        tried.append(replica)
+        if self.pool.others_up(tried):
+            return None
+        if attempt >= self.max_retries:
+            raise self.exhausted(error) from error
+        return self.delay(attempt, error)
+
     def exhausted(self, error: Exception) -> Exception:
         """The error a call raises when its retries are spent: as it came, or, when every
         replica of a pool is out of rotation, one that says so first (the breaker's line)."""
@@ -277,15 +293,10 @@ class OpenAICompatEngine(_Policy):
                 if not isinstance(exc, Exception):  # interrupted: the slot is given back
                     self.pool.release(replica)
                     raise
-                self.pool.failed(replica, failure_kind(exc), sent)
-                if not _retryable(exc):
-                    raise
-                tried.append(replica)
-                if self.pool.others_up(tried):
+                wait = self.after_failure(replica, exc, sent, tried, attempt)
+                if wait is None:
                     continue  # failover: another replica takes the call at once
-                if attempt >= self.max_retries:
-                    raise self.exhausted(exc) from exc
-                time.sleep(self.delay(attempt, exc))
+                time.sleep(wait)
                 attempt, tried = attempt + 1, []
             else:
                 self.pool.succeeded(replica, self.pool.clock() - sent, sent)
@@ -364,15 +375,10 @@ class AsyncOpenAICompatEngine(_Policy):
                 if not isinstance(exc, Exception):  # cancelled: the slot is given back
                     self.pool.release(replica)
                     raise
-                self.pool.failed(replica, failure_kind(exc), sent)
-                if not _retryable(exc):
-                    raise
-                tried.append(replica)
-                if self.pool.others_up(tried):
+                wait = self.after_failure(replica, exc, sent, tried, attempt)
+                if wait is None:
                     continue  # failover: another replica takes the call at once
-                if attempt >= self.max_retries:
-                    raise self.exhausted(exc) from exc
-                await asyncio.sleep(self.delay(attempt, exc))
+                await asyncio.sleep(wait)
                 attempt, tried = attempt + 1, []
             else:
                 self.pool.succeeded(replica, self.pool.clock() - sent, sent)
