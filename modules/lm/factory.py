@@ -54,7 +54,7 @@ def _remote_engines(
     if serves(settings.model):
         # one pool for the role's sync and async engines; it caps each replica at
         # max_concurrency itself (AIMD below that), so no LimitEngine goes around them
-        pool = Pool(settings.replicas or [OPENAI_BASE], settings.max_concurrency)
+        pool = Pool(settings.replicas or [OPENAI_BASE], settings.max_concurrency, name=role)
         policy = (settings.api_base, settings.api_key_env, settings.timeout_s, num_retries)
         extra = {"structured_output": settings.structured_output, "pool": pool}
         return (

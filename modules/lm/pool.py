@@ -39,12 +39,15 @@ latency cut there would cost throughput; a queueing server (llama.cpp, ``fake_ll
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal
+
+log = logging.getLogger("master")
 
 COOL_DOWN_S = 5.0
 MAX_COOL_DOWN_S = 60.0
@@ -136,6 +139,7 @@ class Pool:
         cap: the most calls in flight on one replica (the role's ``max_concurrency``); None
             for no cap.
         clock: a monotonic clock (tests give their own).
+        name: what the log lines call the pool (its role).
     """
 
     def __init__(
@@ -143,11 +147,13 @@ class Pool:
         bases: Sequence[str],
         cap: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "pool",
     ) -> None:
         if not bases:
             raise ValueError("a pool needs at least one replica")
         self.replicas = [Replica(base, float(cap) if cap else math.inf) for base in bases]
         self.clock = clock
+        self.name = name
         self._next = 0  # round-robin cursor
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
@@ -299,6 +305,7 @@ class Pool:
         with self._lock:
             replica.in_flight -= 1
             replica.stats.failures += 1
+            was_down = replica.down
             if kind == "overloaded":
                 sent = self.clock() if sent_at is None else sent_at
                 if sent >= replica.decreased_at:
@@ -309,7 +316,13 @@ class Pool:
                 replica.errors_in_a_row += 1
                 if replica.errors_in_a_row >= EJECT_AFTER_5XX:
                     self._eject(replica)
+            ejected = replica.down and not was_down
             self._wake()
+        if ejected:
+            log.warning(
+                "%s: replica %s out of rotation for %.0f s (%s)",
+                self.name, replica.base, replica.cool_down, _WHY[kind],
+            )  # fmt: skip
 
     def probed(self, replica: Replica, answered: bool) -> None:
         """A probe's result: back in rotation (limit from 1, growing by AIMD) or out longer."""
@@ -324,6 +337,8 @@ class Pool:
                 replica.cool_down = min(MAX_COOL_DOWN_S, replica.cool_down * 2)
                 replica.down_until = self.clock() + replica.cool_down
             self._wake()
+        if answered:
+            log.info("%s: replica %s answers again, back in rotation", self.name, replica.base)
 
     def _decrease(self, replica: Replica) -> None:
         replica.limit = max(1.0, min(replica.limit, replica.in_flight + 1) / 2)
@@ -351,6 +366,12 @@ class Pool:
         """One phrase for an error when every replica is out: how many, which."""
         names = ", ".join(r.base for r in self.replicas)
         return f"all {len(self.replicas)} replicas are out of rotation ({names})"
+
+
+_WHY: dict[str, str] = {
+    "down": "refused, reset or timed out",
+    "server_error": f"{EJECT_AFTER_5XX} server errors in a row",
+}
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -238,3 +238,24 @@ def test_replica_counts_add_up_across_shards_with_their_median_latency() -> None
     assert block["calls"] == 4 and block["failures"] == 1 and block["ejections"] == 1
     assert block["p50_latency_s"] == pytest.approx(0.2, rel=0.05)
     assert ReplicaStats().block()["p50_latency_s"] is None
+
+
+def test_a_replica_leaving_and_rejoining_rotation_is_logged_once_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    pool = Pool(["http://r0/v1", "http://r1/v1"], clock=clock, name="strong")
+    dead = pool.acquire_sync()
+    second = pool.acquire_sync()
+    pool.failed(dead, "down")
+    dead.in_flight += 1
+    pool.failed(dead, "down")  # already out: no second line
+    pool.succeeded(second, 0.1)
+    clock.now += COOL_DOWN_S
+    with caplog.at_level("INFO", logger="master"):
+        pool.acquire_sync(probe=lambda base: True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "master"]
+    assert lines == [
+        "strong: replica http://r0/v1 out of rotation for 5 s (refused, reset or timed out)",
+        "strong: replica http://r0/v1 answers again, back in rotation",
+    ]
