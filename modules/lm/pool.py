@@ -39,6 +39,7 @@ latency cut there would cost throughput; a queueing server (llama.cpp, ``fake_ll
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -268,7 +269,8 @@ class Pool:
         self._room.notify_all()
         for loop, waiter in self._waiters:
             if not waiter.done():
-                loop.call_soon_threadsafe(_resolve, waiter)
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, waiter)
         self._waiters.clear()
 
     def succeeded(self, replica: Replica, latency_s: float, sent_at: float | None = None) -> None:
