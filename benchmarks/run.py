@@ -157,8 +157,7 @@ def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, .
     import resource
 
     from conftest import hashing_embedder
-    from flows.runs.pipeline import Stages, drive
-    from flows.runs.shards import simulate_jobs
+    from flows.runs.pipeline import Stages, drive, simulate_stage
 
     def children() -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -169,7 +168,7 @@ def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, .
     def timed_jobs(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
         try:
-            return simulate_jobs(*args, **kwargs)
+            return simulate_stage(*args, **kwargs)
         finally:
             simulation.append(time.monotonic() - start)
 
