@@ -62,16 +62,24 @@ def replay_task(
     return key, summary
 
 
+def step_lines() -> Progress:
+    """A stage's long steps (reading, dedupe, embedding, partner matching) as lines in the
+    flow run's logs, at most every PROGRESS_EVERY_S."""
+    progress = Progress()
+    progress.watch = ProgressLines(lambda p: log.info("%s", p.line()), PROGRESS_EVERY_S)
+    return progress
+
+
 @task(name="load-seeds", cache_policy=NO_CACHE)
 def load_task(cfg: MasterConfig, seeds: list[str] | None) -> LoadResult:
-    return load_stage(cfg, seeds)
+    return load_stage(cfg, seeds, step_lines())
 
 
 @task(name="plan", cache_policy=NO_CACHE)
 def plan_task(loaded: LoadResult, cfg: MasterConfig, embedder: Any) -> Plan:
     """The whole plan, partners found (a task's result is whole: the shards are cut from a
     list of jobs, on threads or Dask workers)."""
-    jobs, rejects = plan_jobs(loaded, cfg, embedder)
+    jobs, rejects = plan_jobs(loaded, cfg, embedder, tell=step_lines().step)
     return Plan(ready=jobs, rejects=rejects)
 
 

@@ -190,11 +190,12 @@ def plan_jobs(
     cfg: MasterConfig,
     embedder: Embedder | None = None,
     remember: bool = True,
+    tell: Tell | None = None,
 ) -> tuple[list[Job], list[Reject]]:
     """Every seed's scenario, rounds and analogy partner before any LM call (plan_stream,
     waited for): the jobs in seed order, and a reject for each analogy seed with no
     partner."""
-    plan = plan_stream(loaded, cfg, embedder, remember)
+    plan = plan_stream(loaded, cfg, embedder, remember, tell)
     later = [job for batch in plan.later or () for job in batch]
     position = {id(seed): index for index, seed in enumerate(loaded.seeds)}
     jobs = sorted([*plan.ready, *later], key=lambda job: position[id(job.seed)])

@@ -188,8 +188,11 @@ Tell = Callable[[str, int, int], None]
 
 
 def _embedded(embed: Embedder, texts: Sequence[str], step: str, tell: Tell | None) -> np.ndarray:
-    """The texts' vectors, EMBED_CHUNK at a time (each chunk cached as it is done)."""
+    """The texts' vectors, EMBED_CHUNK at a time (each chunk cached as it is done); told
+    at 0 first, since the model's loading comes before the first chunk."""
     parts = []
+    if tell is not None and texts:
+        tell(step, 0, len(texts))
     for start in range(0, len(texts), EMBED_CHUNK):
         parts.append(np.asarray(embed(texts[start : start + EMBED_CHUNK]), dtype=np.float32))
         if tell is not None:

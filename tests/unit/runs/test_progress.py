@@ -205,3 +205,18 @@ def test_on_a_terminal_the_bar_follows_the_step_before_any_seed() -> None:
     console.print(ProgressBar(progress))
     drawn = screen.getvalue().splitlines()[-1]
     assert "matching partners 3/4" in drawn and "━" in drawn
+
+
+def test_the_flows_stages_log_their_long_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The augment flow's load and plan tasks: their steps as lines in the run's logs."""
+    import flows.augment
+
+    monkeypatch.setattr(flows.augment, "PROGRESS_EVERY_S", 0.0)  # every step, for the test
+    logged: list[str] = []
+    monkeypatch.setattr(
+        flows.augment, "log", SimpleNamespace(info=lambda f, *a: logged.append(f % a))
+    )
+    progress = flows.augment.step_lines()
+    progress.step("embedding the pool", 0, 1000)  # the clock starts
+    progress.step("embedding the pool", 512, 1000)
+    assert logged == ["embedding the pool 512/1,000"]
