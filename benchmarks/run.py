@@ -157,8 +157,7 @@ def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, .
     import resource
 
     from conftest import hashing_embedder
-    from flows.runs.pipeline import Stages, drive
-    from flows.runs.shards import simulate_jobs
+    from flows.runs.pipeline import Stages, drive, simulate_stage
 
     def children() -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -169,7 +168,7 @@ def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, .
     def timed_jobs(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
         try:
-            return simulate_jobs(*args, **kwargs)
+            return simulate_stage(*args, **kwargs)
         finally:
             simulation.append(time.monotonic() - start)
 
@@ -601,6 +600,139 @@ def bench_soak(seeds: int = 10_000) -> dict:
     }
 
 
+def bench_scale(seeds: int = 30_000) -> dict:
+    """As a user with a large seed set runs it: `seeds` varied GSM8K-style seeds, the real
+    MiniLM retriever with a cold cache, a server failing 5% of calls with 500 and 5% with
+    429. The run is a child process (its own imports, model load and peak RSS); this process
+    notes when the first request reaches the server. Every seed must end in the dataset or in
+    rejects.parquet with a reason. Then the same run twice more, each a fresh process: the
+    first retries the dialogues that failed, the second (nothing left to retry) is a replay."""
+    import polars as pl
+
+    extra = ("--fail-rate-500", "0.05", "--fail-rate-429", "0.05", "--retry-after", "0.2")
+    load_average = os.getloadavg()[0]  # other work on the machine slows the model's figures
+    with tempfile.TemporaryDirectory() as tmp, fake_server(0.02, extra) as (base_url, served):
+        quality = {"quality": {"hard": ["structure"]}}  # the fake's answers are placeholders
+        cfg_path = _seeds_config(tmp, base_url, _variants(seeds, seed=5), **quality)
+        cmd = [sys.executable, __file__, "--measure-scale", str(cfg_path), str(Path(tmp) / "out")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        start, first = time.monotonic(), None
+        while proc.poll() is None:
+            if first is None and served() > 0:
+                first = round(time.monotonic() - start, 2)
+            time.sleep(0.25)
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(stderr[-3000:])
+        run = json.loads(stdout.strip().splitlines()[-1])
+        requests = served()
+        files = Path(run.pop("files"))
+        rows = pl.read_parquet(files / "dataset.parquet")
+        rejects = pl.read_parquet(files / "rejects.parquet")
+        before, began = served(), time.monotonic()
+        again = _child("--measure-scale", str(cfg_path), str(Path(tmp) / "again"))
+        again_calls, again_process = served() - before, round(time.monotonic() - began, 2)
+        # a run whose failed dialogues were retried is stored; the next is a replay
+        before, began = served(), time.monotonic()
+        third = _child("--measure-scale", str(cfg_path), str(Path(tmp) / "third"))
+        third_calls, third_process = served() - before, round(time.monotonic() - began, 2)
+    ended = (
+        rows["seed_id"].to_list()
+        + rejects.filter(pl.col("stage") != "load")["seed_id"].drop_nulls().to_list()
+    )
+    return {
+        "seeds": seeds,
+        "embedder": "all-MiniLM-L6-v2 (sentence-transformers, torch, CPU), cold cache",
+        "fail_rate_500": 0.05,
+        "fail_rate_429": 0.05,
+        "load_average_at_start": round(load_average, 2),
+        "first_request_s": first,
+        **run,
+        "requests": requests,
+        "every_seed_in_dataset_or_rejects": len(set(ended)) >= run["kept"],
+        "every_reject_has_a_reason": rejects.height == 0
+        or bool(rejects["reason"].str.len_chars().min()),
+        "rerun_wall_s": again["wall_s"],
+        "rerun_process_wall_s": again_process,
+        "rerun_run_cache": again["run_cache"],
+        "rerun_calls": again_calls,
+        "rerun_failed": again["failed"],
+        "third_wall_s": third["wall_s"],
+        "third_process_wall_s": third_process,
+        "third_run_cache": third["run_cache"],
+        "third_calls": third_calls,
+        "command": f"python benchmarks/run.py --only scale --seeds {seeds}",
+    }
+
+
+def measure_scale(config: str, out: str) -> int:
+    """Child side of scale: one run with MiniLM; prints its figures as JSON: wall time by
+    stage, when each long step was first and last told, peak RSS."""
+    import functools
+    import resource
+
+    from flows.planning.jobs import plan_stream
+    from flows.runs.pipeline import (
+        Stages,
+        drive,
+        load_more_stage,
+        load_stage,
+        publish,
+        replay_run,
+        simulate_stage,
+    )
+    from flows.runs.progress import Progress
+
+    start = time.monotonic()
+    spans: dict[str, list[float]] = {}
+    stage_s: dict[str, float] = {}
+
+    class Timed(Progress):
+        def step(self, name: str, done: int, total: int = 0) -> None:
+            now = round(time.monotonic() - start, 2)
+            spans.setdefault(name, [now, now])[1] = now
+            super().step(name, done, total)
+
+    progress = Timed()
+
+    def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            began = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stage_s[label] = round(stage_s.get(label, 0) + time.monotonic() - began, 2)
+
+        return run
+
+    stages = Stages(
+        replay=timed("replay", replay_run),
+        load=timed("load", functools.partial(load_stage, progress=progress)),
+        load_more=timed("backfill_load", functools.partial(load_more_stage, progress=progress)),
+        plan=timed("plan", functools.partial(plan_stream, tell=progress.step)),
+        simulate=timed("simulate", functools.partial(simulate_stage, progress=progress)),
+        publish=timed("publish", functools.partial(publish, progress=progress)),
+    )
+    result = drive(load_config(config, environ={}), Path(out), stages=stages)
+    wall = time.monotonic() - start
+    summary = result.summary
+    figures = {
+        "wall_s": round(wall, 2),
+        "stage_s": stage_s,
+        "steps_s": spans,  # step: [first told, last told], seconds after the run started
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "kept": summary["seeds"]["kept"],
+        "dialogues": sum(summary["dialogues"].values()),
+        "quality_rejects": summary["quality"]["rejected"],
+        "failed": summary["quality"]["failed"],
+        "calls": summary["lm"]["calls"],
+        "run_cache": summary["run_cache"],
+        "files": str(result.files),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
 def bench_real_endpoint(seeds: int = 12) -> dict:
     """The bundled seeds against a real OpenAI-compatible server with a small model
     (llama-cpp-python's server, SmolLM2-135M), agents on our TurnAdapter and on DSPy's
@@ -828,7 +960,19 @@ def bench_versions(seeds: int = 100_000) -> dict:
     }
 
 
-from pool import bench_pool  # noqa: E402  (benchmarks/ is on the path, above)
+def bench_pool(seeds: int = 667) -> dict:
+    """benchmarks/pool.py: throughput over 1, 2 and 4 replicas, and one of two killed."""
+    from pool import bench_pool as measure
+
+    return measure(seeds)
+
+
+def bench_embedding(sentences: int = 2048) -> dict:
+    """benchmarks/embedding.py: MiniLM's backends and partner matching on this machine."""
+    from embedding import bench_embedding as measure
+
+    return measure(sentences)
+
 
 BENCHES: dict[str, Callable[..., dict]] = {
     "rerun": bench_rerun,
@@ -845,6 +989,8 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "peers": bench_peers,
     "versions": bench_versions,
     "pool": bench_pool,
+    "embedding": bench_embedding,
+    "scale": bench_scale,
 }
 
 
@@ -930,6 +1076,9 @@ def main() -> int:
         "--measure-rerun", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS
     )
     parser.add_argument(
+        "--measure-scale", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
         "--render", action="store_true", help="only rewrite RESULTS.md from results.json"
     )
     parser.add_argument("--seeds", type=int, help="override the seed count of the chosen benches")
@@ -943,6 +1092,8 @@ def main() -> int:
         return measure_growth(args.measure_growth)
     if args.measure_rerun:
         return measure_rerun(*args.measure_rerun)
+    if args.measure_scale:
+        return measure_scale(*args.measure_scale)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     if args.render:
         RESULTS_MD.write_text(_markdown(previous))
@@ -956,7 +1107,8 @@ def main() -> int:
             figures = merge_growth(results["benches"].get(name, {}), figures)
         if args.tag:
             figures["command"] += f" --tag '{args.tag}'"
-        results["benches"][f"{name} ({args.tag})" if args.tag else name] = figures
+        label = f"{name} {figures['seeds']}" if name == "scale" else name  # one per size
+        results["benches"][f"{label} ({args.tag})" if args.tag else label] = figures
         print(json.dumps(figures, indent=2), flush=True)
     _pipeline_vs_baseline(results, args.tag)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")

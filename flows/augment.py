@@ -37,7 +37,7 @@ from prefect.task_runners import TaskRunner
 from flows.core.config import MasterConfig, RunConfig, load_config
 from flows.core.records import Reject
 from flows.ingest.seeds import LoadResult
-from flows.planning.jobs import Job, plan_jobs
+from flows.planning.jobs import Job, Plan, plan_jobs
 from flows.publish.collect import Collected
 from flows.publish.versions import Release
 from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
@@ -62,16 +62,25 @@ def replay_task(
     return key, summary
 
 
+def step_lines() -> Progress:
+    """A stage's long steps (reading, dedupe, embedding, partner matching) as lines in the
+    flow run's logs, at most every PROGRESS_EVERY_S."""
+    progress = Progress()
+    progress.watch = ProgressLines(lambda p: log.info("%s", p.line()), PROGRESS_EVERY_S)
+    return progress
+
+
 @task(name="load-seeds", cache_policy=NO_CACHE)
 def load_task(cfg: MasterConfig, seeds: list[str] | None) -> LoadResult:
-    return load_stage(cfg, seeds)
+    return load_stage(cfg, seeds, step_lines())
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(
-    loaded: LoadResult, cfg: MasterConfig, embedder: Any
-) -> tuple[list[Job], list[Reject]]:
-    return plan_jobs(loaded, cfg, embedder)
+def plan_task(loaded: LoadResult, cfg: MasterConfig, embedder: Any) -> Plan:
+    """The whole plan, partners found (a task's result is whole: the shards are cut from a
+    list of jobs, on threads or Dask workers)."""
+    jobs, rejects = plan_jobs(loaded, cfg, embedder, tell=step_lines().step)
+    return Plan(ready=jobs, rejects=rejects)
 
 
 @task(name="simulate-shard", cache_policy=NO_CACHE, task_run_name="simulate-shard-{index}")
@@ -100,9 +109,10 @@ def publish_task(
     return summary
 
 
-def simulate_in_shards(jobs: list[Job], cfg: MasterConfig, spill: Path) -> Collected:
+def simulate_in_shards(plan: Plan, cfg: MasterConfig, spill: Path) -> Collected:
     """The simulate stage of the flow: run.shard_size jobs a task, on the thread runner or,
     with run.task_runner dask, on a Dask cluster."""
+    jobs = [*plan.ready, *(job for batch in plan.later or () for job in batch)]
     size = cfg.run.shard_size
     shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     rows = str(spill / "rows.jsonl")

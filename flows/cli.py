@@ -284,8 +284,11 @@ class ProgressBar:
 
         f = self.progress.figures()
         grid = Table.grid(padding=(0, 1))
-        text = f.line() if f.total else "loading and planning"  # no seed to simulate yet
-        grid.add_row(Bar(total=f.total or None, completed=f.done, width=30), text)
+        total, done = f.total, f.done
+        if not total and f.steps:  # before any seed is simulated, the latest step's own bar
+            _, done, total = f.steps[-1]
+        text = f.line() if f.total or f.steps else "loading and planning"
+        grid.add_row(Bar(total=total or None, completed=done, width=30), text)
         return grid
 
 

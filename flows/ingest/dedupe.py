@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -168,10 +168,19 @@ def _sketches(
             yield from chunk
 
 
+#: near_duplicates tells its progress every this many texts
+TELL_EVERY = 5000
+
+
 def near_duplicates(
-    texts: Sequence[str], threshold: float = 0.7, num_perm: int = 64, ngram: int = 5
+    texts: Sequence[str],
+    threshold: float = 0.7,
+    num_perm: int = 64,
+    ngram: int = 5,
+    tell: Callable[[str, int, int], None] | None = None,
 ) -> list[NearDuplicate]:
-    """Every item that nearly duplicates an earlier kept one, with the one it duplicates.
+    """Every item that nearly duplicates an earlier kept one, with the one it duplicates;
+    `tell("near-dedupe", done, total)` every TELL_EVERY texts and at the end.
 
     `texts` are canonical (see `canonical`); callers that already hold them skip the work."""
     lsh = MinHashLSH(threshold, num_perm, ngram)
@@ -180,4 +189,8 @@ def near_duplicates(
         dup = lsh.check_and_add(i, text, sketch)
         if dup is not None:
             found.append(dup)
+        if tell is not None and (i + 1) % TELL_EVERY == 0:
+            tell("near-dedupe", i + 1, len(texts))
+    if tell is not None:
+        tell("near-dedupe", len(texts), len(texts))
     return found

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 from flows.core.config import PROJECT_ROOT, DataRef, SeedsConfig, SourceConfig
 from flows.core.records import Reject, Seed, seed_id
 from flows.ingest.decontaminate import ContaminationIndex
-from flows.ingest.dedupe import canonical, digest, near_duplicates
+from flows.ingest.dedupe import TELL_EVERY, canonical, digest, near_duplicates
 from flows.ingest.field_mapping import Skip, field_names, map_row, missing_columns
 from flows.ingest.sources import Row, SeedSourceError, read_file, read_hub
 
@@ -207,10 +207,17 @@ class _Scan:
     contamination: ContaminationIndex
 
 
-def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan:
+#: tell(step, done, total): how far a long step has got (total 0: not known in advance)
+Tell = Callable[[str, int, int], None]
+
+
+def _scan(
+    cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = (), tell: Tell | None = None
+) -> _Scan:
     """Read every source into reservoirs of `scale` x its quota (oversampled), then drop
     contaminated candidates and near duplicates. Seeds already `taken` (backfill) are left
-    out of the candidates, and a candidate that nearly duplicates one of them is dropped."""
+    out of the candidates, and a candidate that nearly duplicates one of them is dropped.
+    `tell` hears the rows read, the candidates checked for contamination and near-dedupe."""
     result = LoadResult()
     seen: dict[bytes, str] = {}
     reservoirs: list[_Reservoir] = []
@@ -222,10 +229,14 @@ def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan
         cap = None if quota is None else math.ceil(quota * scale * cfg.oversample) + 5
         sample = _Reservoir(cap, random.Random(f"{cfg.random_seed}:sample:{source.label}"))
         pool = _Reservoir(pool_cap, random.Random(f"{cfg.random_seed}:pool:{source.label}"))
+        reading = f"reading {label}"
+        number = -1
         for number, (loc, mapped) in enumerate(
             iter_mapped(source, cfg.max_row_bytes, cfg.max_chars)
         ):
             result.loaded += 1
+            if tell is not None and number % TELL_EVERY == TELL_EVERY - 1:
+                tell(reading, number + 1, 0)
             if isinstance(mapped, ValueError):
                 result.rejected += 1
                 if isinstance(mapped, Skip):
@@ -255,6 +266,8 @@ def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan
             candidate = _Candidate((s_index, number), sid, question, reference, meta, loc, canon)
             sample.add(candidate)
             pool.add(candidate)
+        if tell is not None:
+            tell(reading, number + 1, number + 1)
         reservoirs.append(sample)
         pools.append(pool)
     del seen
@@ -262,7 +275,9 @@ def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan
     contamination = contamination_index(cfg)
     candidates = sorted(c for r in reservoirs for c in r.items)
     clean: list[_Candidate] = []
-    for c in candidates:
+    for number, c in enumerate(candidates, 1):
+        if tell is not None and len(contamination) and number % TELL_EVERY == 0:
+            tell("decontamination", number, len(candidates))
         hit = contamination.match(c.question) if len(contamination) else None
         if hit is not None:
             result.contaminated += 1
@@ -271,6 +286,8 @@ def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan
         else:
             clean.append(c)
     taken_ids = {t.id for t in taken}
+    if tell is not None and len(contamination):
+        tell("decontamination", len(candidates), len(candidates))
     clean = [c for c in clean if c.id not in taken_ids]
     known = [canonical(t.question) for t in taken]
     eligible = [i for i, c in enumerate(clean) if len(c.canon.split()) >= cfg.dedupe.min_words]
@@ -280,6 +297,7 @@ def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan
             cfg.dedupe.threshold,
             cfg.dedupe.num_perm,
             cfg.dedupe.ngram,
+            tell,
         )
         found = [d for d in found if d.index >= len(known)]
         removed = {eligible[d.index - len(known)] for d in found}
@@ -296,10 +314,13 @@ def _scan(cfg: SeedsConfig, scale: int = 1, taken: Sequence[Seed] = ()) -> _Scan
     return _Scan(result, reservoirs, pools, clean, contamination)
 
 
-def load_seeds(cfg: SeedsConfig, override_paths: list[str] | None = None) -> LoadResult:
-    """Read every source and return sampled, deduplicated, decontaminated seeds."""
+def load_seeds(
+    cfg: SeedsConfig, override_paths: list[str] | None = None, tell: Tell | None = None
+) -> LoadResult:
+    """Read every source and return sampled, deduplicated, decontaminated seeds; `tell`
+    hears how far reading, decontamination and near-dedupe have got."""
     cfg = _with_overrides(cfg, override_paths)
-    scan = _scan(cfg)
+    scan = _scan(cfg, tell=tell)
     result, clean = scan.result, scan.clean
     for s_index, source in enumerate(cfg.sources):
         survivors = [c for c in clean if c.order[0] == s_index]
@@ -343,6 +364,7 @@ def load_more(
     taken: list[Seed],
     wanted: dict[str, int],
     round_: int,
+    tell: Tell | None = None,
 ) -> LoadResult:
     """Further seeds for backfill round `round_` (1, 2, ...): up to `wanted[label]` new seeds
     of each source, none of them in `taken` nor a near duplicate of one.
@@ -352,7 +374,7 @@ def load_more(
     rerun that needs fewer takes a prefix of the same seeds (its calls are cache hits). A
     source whose every row was a candidate and that still falls short is `exhausted`."""
     cfg = _with_overrides(cfg, override_paths)
-    scan = _scan(cfg, scale=2**round_, taken=taken)
+    scan = _scan(cfg, scale=2**round_, taken=taken, tell=tell)
     more = LoadResult(loaded=scan.result.loaded)
     for s_index, source in enumerate(cfg.sources):
         need = wanted.get(source.label, 0)

@@ -3,8 +3,9 @@ partner), decided before any LM call."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flows.core.config import MasterConfig, Scenario
 from flows.core.records import Reject, Seed
@@ -13,7 +14,7 @@ from modules.lm.settings import Role
 
 if TYPE_CHECKING:
     from flows.ingest.seeds import LoadResult
-    from flows.planning.retrieval import Embedder
+    from flows.planning.retrieval import Embedder, Match, Tell
 
 ROLES_BY_SCENARIO: dict[str, tuple[Role, ...]] = {
     "error_correction": ("weak", "strong"),
@@ -55,7 +56,7 @@ class Job:
 
 def assign_jobs(loaded: LoadResult, cfg: MasterConfig) -> tuple[list[Job], list[Seed]]:
     """Every seed's scenario and rounds: the jobs that need nothing more, and the analogy
-    seeds, whose similar question is retrieved next (`partner_jobs`). Seeds of a scenario in
+    seeds, whose similar question is retrieved next (`partner_batches`). Seeds of a scenario in
     merge.replace_with_original get no job."""
     ready: list[Job] = []
     analogy: list[Seed] = []
@@ -84,63 +85,104 @@ def retrieval_pool(loaded: LoadResult, cfg: MasterConfig) -> list[Seed]:
     ]
 
 
-def partner_jobs(
+@dataclass
+class Plan:
+    """Every seed's job. `ready`: the jobs that need nothing more (seed order), to start at
+    once; `later`: the analogy jobs, a batch at a time as their partners are found (None when
+    there are none to wait for); `rejects`: a reject per analogy seed with no partner,
+    complete once `later` is exhausted. Iterating `later` does the retrieval (on whichever
+    thread iterates it); building a Plan does none."""
+
+    ready: list[Job]
+    later: Iterator[list[Job]] | None = None
+    rejects: list[Reject] = field(default_factory=list)
+    waiting: int = 0  # analogy seeds whose partner `later` looks for
+
+
+def plan_stream(
+    loaded: LoadResult,
+    cfg: MasterConfig,
+    embedder: Embedder | None = None,
+    remember: bool = True,
+    tell: Tell | None = None,
+) -> Plan:
+    """Every seed's scenario and rounds now; the analogy partners as `later` finds them.
+    `tell(step, done, total)` hears how far the retrieval has got."""
+    ready, analogy = assign_jobs(loaded, cfg)
+    plan = Plan(ready=ready, waiting=len(analogy))
+    if analogy:
+        plan.later = partner_batches(plan, analogy, loaded, cfg, embedder, remember, tell)
+    return plan
+
+
+def partner_batches(
+    plan: Plan,
     analogy: list[Seed],
     loaded: LoadResult,
     cfg: MasterConfig,
     embedder: Embedder | None = None,
     remember: bool = True,
-) -> tuple[list[Job], list[Reject]]:
-    """The analogy jobs, each with the most similar question of the pool as its partner,
-    and a reject for each seed whose domain has no other question.
+    tell: Tell | None = None,
+) -> Iterator[list[Job]]:
+    """The analogy jobs, a batch at a time, each with a similar question of the pool as its
+    partner; a reject (into plan.rejects) for each seed whose domain has no other question.
 
     Partners are sticky: a choice made by an earlier run is kept while that partner is
-    still in the pool, so adding seeds to a source never re-runs earlier analogy dialogues."""
-    if not analogy:
-        return [], []
+    still in the pool (those jobs come first, with no embedding), so adding seeds to a
+    source never re-runs earlier analogy dialogues. The others are matched in batches
+    (retrieval.similar_batches), each remembered as it is found; a partner is the same
+    whatever the batches."""
     # retrieval (numpy, diskcache, the embedder's model) is loaded when analogy seeds exist
     from flows.planning.retrieval import (
         RetrievalMemory,
         cached_embedder,
         minilm_embedder,
-        pick_similar,
+        similar_batches,
     )
 
-    similar: dict[str, Any] = {}
     pool = retrieval_pool(loaded, cfg)
     remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled else None
     try:
-        if remembered is not None:
-            similar = remembered.recall(analogy, pool)
-        fresh = [s for s in analogy if s.id not in similar]
-        if fresh:
-            embed = embedder or minilm_embedder()
-            if cfg.cache.enabled:
-                embed = cached_embedder(embed, cfg.cache.dir)
-            picked = pick_similar(fresh, pool, embed, cfg.scenarios.retrieval_top_k)
-            similar.update(picked)
+        known = remembered.recall(analogy, pool) if remembered is not None else {}
+        if known:
+            yield [_partnered(seed, known[seed.id], cfg) for seed in analogy if seed.id in known]
+        fresh = [s for s in analogy if s.id not in known]
+        if not fresh:
+            return
+        embed = embedder or minilm_embedder()
+        if cfg.cache.enabled:
+            embed = cached_embedder(embed, cfg.cache.dir)
+        top_k = cfg.scenarios.retrieval_top_k
+        for picked in similar_batches(fresh, pool, embed, top_k, tell):
             if remembered is not None and remember:
                 remembered.remember(picked)
+            jobs = []
+            for seed in (s for s in fresh if s.id in picked):
+                match = picked[seed.id]
+                if match is None:
+                    plan.rejects.append(_no_partner(seed))
+                else:
+                    jobs.append(_partnered(seed, match, cfg))
+            if jobs:
+                yield jobs
     finally:
         if remembered is not None:
             remembered.close()
-    jobs, rejects = [], []
-    for seed in analogy:
-        match = similar.get(seed.id)
-        if match is None:
-            rejects.append(
-                Reject(
-                    stage="retrieve",
-                    reason=f"no similar {seed.domain} question in the retrieval pool",
-                    source=seed.source,
-                    location=seed.meta.get("location"),
-                    seed_id=seed.id,
-                )
-            )
-            continue
-        rounds = debate_rounds(seed.id, cfg.scenarios.debate_rounds)  # as every job has
-        jobs.append(Job(seed=seed, scenario="analogy", rounds=rounds, similar=match.seed))
-    return jobs, rejects
+
+
+def _partnered(seed: Seed, match: Match, cfg: MasterConfig) -> Job:
+    rounds = debate_rounds(seed.id, cfg.scenarios.debate_rounds)  # as every job has
+    return Job(seed=seed, scenario="analogy", rounds=rounds, similar=match.seed)
+
+
+def _no_partner(seed: Seed) -> Reject:
+    return Reject(
+        stage="retrieve",
+        reason=f"no similar {seed.domain} question in the retrieval pool",
+        source=seed.source,
+        location=seed.meta.get("location"),
+        seed_id=seed.id,
+    )
 
 
 def plan_jobs(
@@ -148,11 +190,13 @@ def plan_jobs(
     cfg: MasterConfig,
     embedder: Embedder | None = None,
     remember: bool = True,
+    tell: Tell | None = None,
 ) -> tuple[list[Job], list[Reject]]:
-    """Decide every seed's scenario, rounds and analogy partner before any LM call; the jobs
-    in seed order, and a reject for each analogy seed with no partner."""
-    ready, analogy = assign_jobs(loaded, cfg)
-    partnered, rejects = partner_jobs(analogy, loaded, cfg, embedder, remember)
+    """Every seed's scenario, rounds and analogy partner before any LM call (plan_stream,
+    waited for): the jobs in seed order, and a reject for each analogy seed with no
+    partner."""
+    plan = plan_stream(loaded, cfg, embedder, remember, tell)
+    later = [job for batch in plan.later or () for job in batch]
     position = {id(seed): index for index, seed in enumerate(loaded.seeds)}
-    jobs = sorted([*ready, *partnered], key=lambda job: position[id(job.seed)])
-    return jobs, rejects
+    jobs = sorted([*plan.ready, *later], key=lambda job: position[id(job.seed)])
+    return jobs, plan.rejects

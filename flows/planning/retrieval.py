@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,45 +108,157 @@ class Match:
     similarity: float
 
 
+#: Scores within this of each other, or of NEAR_DUPLICATE, are decided by the exact score,
+#: never by the blocked product's float32 rounding (its error on unit vectors of a few hundred
+#: dimensions is below 3e-5).
+MARGIN = 1e-4
+#: Candidates shortlisted per query by the blocked product beyond top_k, then scored exactly.
+SLACK = 16
+#: A block of the matrix product holds at most this many scores (64 MB of float32).
+BLOCK_CELLS = 1 << 24
+#: Candidate rows scored exactly at a time when a shortlist cannot decide (near-ties).
+EXACT_ROWS = 8192
+
+
+def exact_scores(candidates: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine scores in float64, each a pairwise sum over its own row: a score never depends
+    on which other rows or queries are computed with it."""
+    return np.sum(
+        np.asarray(candidates, dtype=np.float64) * np.asarray(query, dtype=np.float64), axis=1
+    )
+
+
+def _ranked(idx: np.ndarray, scores: np.ndarray, top_k: int) -> list[tuple[int, float]]:
+    """The top_k (candidate, score) below the near-duplicate bound, most similar first, ties
+    in candidate order."""
+    valid = scores < NEAR_DUPLICATE
+    idx, scores = idx[valid], scores[valid]
+    order = np.lexsort((idx, -scores))[:top_k]
+    return [(int(idx[j]), float(scores[j])) for j in order]
+
+
+def _all_ranked(cv: np.ndarray, query: np.ndarray, top_k: int) -> list[tuple[int, float]]:
+    scores = np.concatenate(
+        [exact_scores(cv[i : i + EXACT_ROWS], query) for i in range(0, len(cv), EXACT_ROWS)]
+    )
+    return _ranked(np.arange(len(cv)), scores, top_k)
+
+
+def top_partners(qv: np.ndarray, cv: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
+    """For each query row, its top_k candidate rows (index, exact score) below
+    NEAR_DUPLICATE, most similar first, ties in candidate order.
+
+    A matrix product per block of queries and a partial sort (argpartition) shortlist
+    top_k + SLACK candidates a query; the shortlist is scored again exactly (exact_scores).
+    When the shortlist cannot be sure of the top_k (its last exact score is within MARGIN of
+    what the product left out), every candidate is scored exactly. So a query's partners are
+    its own and its candidates' alone: the same in any block, batch or order."""
+    if len(cv) == 0:
+        return [[] for _ in range(len(qv))]
+    n = len(cv)
+    width = min(n, top_k + SLACK)
+    rows = max(1, BLOCK_CELLS // n)
+    picked: list[list[tuple[int, float]]] = []
+    for start in range(0, len(qv), rows):
+        block = qv[start : start + rows]
+        sims = block @ cv.T
+        # certainly near-duplicates whatever the rounding: never shortlisted
+        sims[sims >= NEAR_DUPLICATE + MARGIN] = -np.inf
+        if width < n:
+            short = np.argpartition(-sims, width - 1, axis=1)[:, :width]
+        for i, query in enumerate(block):
+            if width == n:
+                picked.append(_ranked(np.arange(n), exact_scores(cv, query), top_k))
+                continue
+            idx = short[i]
+            ranked = _ranked(idx, exact_scores(cv[idx], query), top_k)
+            floor = float(sims[i, idx].min())  # no candidate left out scored above it
+            certain = floor == -np.inf or (len(ranked) == top_k and ranked[-1][1] > floor + MARGIN)
+            picked.append(ranked if certain else _all_ranked(cv, query, top_k))
+    return picked
+
+
+#: Analogy queries matched (and their picks handed on) at a time.
+QUERY_BATCH = 512
+#: Texts embedded at a time: each chunk is cached as it is done, and progress told.
+EMBED_CHUNK = 512
+
+#: tell(step, done, total): how far a long step has got (e.g. "embedding", 512, 20000)
+Tell = Callable[[str, int, int], None]
+
+
+def _embedded(embed: Embedder, texts: Sequence[str], step: str, tell: Tell | None) -> np.ndarray:
+    """The texts' vectors, EMBED_CHUNK at a time (each chunk cached as it is done); told
+    at 0 first, since the model's loading comes before the first chunk."""
+    parts = []
+    if tell is not None and texts:
+        tell(step, 0, len(texts))
+    for start in range(0, len(texts), EMBED_CHUNK):
+        parts.append(np.asarray(embed(texts[start : start + EMBED_CHUNK]), dtype=np.float32))
+        if tell is not None:
+            tell(step, min(start + EMBED_CHUNK, len(texts)), len(texts))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def similar_batches(
+    queries: Sequence[Seed],
+    pool: Sequence[Seed],
+    embed: Embedder,
+    top_k: int,
+    tell: Tell | None = None,
+    batch: int | None = None,
+) -> Iterator[dict[str, Match | None]]:
+    """pick_similar a batch of queries at a time, as each batch is matched: first the pool's
+    candidates of the queries' domains are embedded (every one: a query's partner is the best
+    of all of them), then each batch of queries is embedded and matched (top_partners), and
+    its picks yielded. A pick is the same whatever the batches: batching decides when a
+    partner is found, never which. `batch`: QUERY_BATCH queries by default."""
+    if not queries:
+        return
+    query_ids = {q.id for q in queries}
+    domains = {q.domain for q in queries}
+    candidates = [s for s in pool if s.id not in query_ids and s.domain in domains]
+    cv = _embedded(embed, [c.question for c in candidates], "embedding the pool", tell)
+    by_domain: dict[str, list[int]] = {}
+    for j, c in enumerate(candidates):
+        by_domain.setdefault(c.domain, []).append(j)
+    domain_idx = {d: np.asarray(ix) for d, ix in by_domain.items()}
+    domain_vectors = {d: cv[ix] for d, ix in domain_idx.items()}
+    done = 0
+    batch = batch or QUERY_BATCH
+    for start in range(0, len(queries), batch):
+        part = queries[start : start + batch]
+        qv = np.asarray(embed([q.question for q in part]), dtype=np.float32)
+        result: dict[str, Match | None] = {q.id: None for q in part}
+        for domain, idx in domain_idx.items():
+            rows = [i for i, q in enumerate(part) if q.domain == domain]
+            if not rows:
+                continue
+            tops = top_partners(qv[rows], domain_vectors[domain], top_k)
+            for i, order in zip(rows, tops, strict=True):
+                query = part[i]
+                if not order:
+                    continue
+                j, sim = random.Random(query.id).choice(order)
+                result[query.id] = Match(candidates[int(idx[j])], sim)
+        done += len(part)
+        if tell is not None:
+            tell("matching partners", done, len(queries))
+        yield result
+
+
 def pick_similar(
     queries: Sequence[Seed],
     pool: Sequence[Seed],
     embed: Embedder,
     top_k: int,
 ) -> dict[str, Match | None]:
-    """For each query seed id, a similar pool seed of the same domain (None if none fits)."""
-    query_ids = {q.id for q in queries}
-    candidates = [s for s in pool if s.id not in query_ids]
-    if not queries:
-        return {}
-    texts = [q.question for q in queries] + [c.question for c in candidates]
-    vectors = embed(texts)
-    qv, cv = vectors[: len(queries)], vectors[len(queries) :]
-    # Candidates of each domain, and their vectors, gathered once rather than once per query.
-    # (One matrix-vector product per query, as before: a matrix product would round
-    # differently and could change which partner a query gets.)
-    by_domain: dict[str, list[int]] = {}
-    for j, c in enumerate(candidates):
-        by_domain.setdefault(c.domain, []).append(j)
-    domain_idx = {d: np.asarray(ix) for d, ix in by_domain.items()}
-    domain_vectors = {d: cv[ix] for d, ix in domain_idx.items()}
-    result: dict[str, Match | None] = {}
-    for i, query in enumerate(queries):
-        idx = domain_idx.get(query.domain)
-        if idx is None:
-            result[query.id] = None
-            continue
-        sims = domain_vectors[query.domain] @ qv[i]
-        # The top_k most similar below the near-duplicate bound, ties in pool order (stable).
-        valid = np.flatnonzero(sims < NEAR_DUPLICATE)
-        best = valid[np.argsort(-sims[valid], kind="stable")[:top_k]]
-        if not len(best):
-            result[query.id] = None
-            continue
-        order = [(int(idx[j]), float(sims[j])) for j in best]
-        j, sim = random.Random(query.id).choice(order)
-        result[query.id] = Match(candidates[j], sim)
-    return result
+    """For each query seed id, a similar pool seed of the same domain (None if none fits): one
+    of the top_k most similar below the near-duplicate bound, drawn by the query's id."""
+    picks: dict[str, Match | None] = {}
+    for batch in similar_batches(queries, pool, embed, top_k):
+        picks.update(batch)
+    return picks
 
 
 class RetrievalMemory:

@@ -146,10 +146,10 @@ def resimulate(
         if not more.seeds:
             continue
         more.earlier, more.pool = loaded.seeds, loaded.pool
-        jobs, new_rejects = stages.plan(more, cfg, embedder)
-        rejects += new_rejects
+        plan = stages.plan(more, cfg, embedder)
         spill = out / f"{SPILL_PREFIX}backfill-{rounds}"
-        collected.merge(stages.simulate(jobs, spendable, spill))
+        collected.merge(stages.simulate(plan, spendable, spill))
+        rejects += plan.rejects  # complete: simulate exhausted plan.later
         loaded.seeds = [*loaded.seeds, *more.seeds]
         added += [seed.id for seed in more.seeds]
         log.info(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from flows.core.config import SCENARIOS, MasterConfig
 from flows.core.files import output_lock, write_json, write_text
 from flows.core.records import Reject
-from flows.planning.jobs import Job, plan_jobs, roles_in_use
+from flows.planning.jobs import Plan, plan_stream, roles_in_use
 from flows.publish.merge import PublishedRows, merge_refs, standing_in
 from flows.publish.plots import PLOTS, plots_markdown
 from flows.publish.report import render_report
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from flows.runs.progress import Progress
 
 log = logging.getLogger("master")
+#: publish tells its progress every this many rows
+PUBLISH_TELL_EVERY = 2000
 
 
 @dataclass
@@ -86,12 +88,14 @@ def publish(
     collected: Collected,
     started: float,
     key: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Filter, merge and write every output file into the release's staging folder; return
     the summary (also summary.json), with the version, the changes and the gates.
 
-    The rows are read back from the spill in published order, a batch at a time. With a run
-    key (flows/runs/run_cache.py) a settled run's outputs are stored for replay."""
+    The rows are read back from the spill in published order, a batch at a time (counted in
+    `progress` as the step "publishing rows"). With a run key (flows/runs/run_cache.py) a
+    settled run's outputs are stored for replay."""
     from flows.publish.card import render_card
     from flows.publish.collect import in_order
     from flows.publish.plots import write_plots
@@ -158,6 +162,8 @@ def publish(
     by_scenario: Counter[str] = Counter()  # rows.by_scenario: a replay's unchanged rows
 
     def seen(row: dict[str, Any]) -> None:
+        if progress is not None and (len(shapes) + 1) % PUBLISH_TELL_EVERY == 0:
+            progress.step("publishing rows", len(shapes) + 1, len(refs))
         shapes.append(row_shape(row))
         by_scenario[row["scenario"]] += 1
         if all(s["scenario"] != row["scenario"] for s in samples):
@@ -166,6 +172,8 @@ def publish(
     summary["training"] = write_dataset(
         out, PublishedRows(refs), cfg.publish, on_row=seen, mapping=cfg.scenarios.debate_mapping
     )
+    if progress is not None:
+        progress.step("publishing rows", len(refs), len(refs))
     write_rejects(out, [*loaded.rejects, *failed, *dropped, *stopped])
     plots = write_plots(out, shapes, pass_rates)
     summary["rows"]["by_scenario"] = dict(sorted(by_scenario.items()))
@@ -310,10 +318,14 @@ def replay_run(
     return key, replay(cfg, release, key, started)
 
 
-def load_stage(cfg: MasterConfig, seed_paths: list[str] | None) -> LoadResult:
+def load_stage(
+    cfg: MasterConfig, seed_paths: list[str] | None, progress: Progress | None = None
+) -> LoadResult:
+    """flows/ingest/seeds.py:load_seeds, its steps (reading, decontamination, near-dedupe)
+    told to `progress`."""
     from flows.ingest.seeds import load_seeds
 
-    loaded = load_seeds(cfg.seeds, seed_paths)
+    loaded = load_seeds(cfg.seeds, seed_paths, progress.step if progress is not None else None)
     log.info(
         "kept %d seeds of %d rows (%d rejected, %d duplicates, %d contaminated)",
         len(loaded.seeds),
@@ -331,23 +343,27 @@ def load_more_stage(
     taken: list[Any],
     wanted: dict[str, int],
     round_: int,
+    progress: Progress | None = None,
 ) -> LoadResult:
-    """flows/ingest/seeds.py:load_more (merge.backfill: resimulate), imported when used."""
+    """flows/ingest/seeds.py:load_more (merge.backfill: resimulate), imported when used; its
+    steps told to `progress`."""
     from flows.ingest.seeds import load_more
 
-    return load_more(cfg.seeds, seed_paths, taken, wanted, round_)
+    tell = progress.step if progress is not None else None
+    return load_more(cfg.seeds, seed_paths, taken, wanted, round_, tell)
 
 
 def simulate_stage(
-    jobs: list[Job], cfg: MasterConfig, spill: Path, progress: Progress | None = None
+    plan: Plan, cfg: MasterConfig, spill: Path, progress: Progress | None = None
 ) -> Collected:
-    """flows/runs/shards.py:simulate_jobs, imported when a run simulates. Publish's imports
-    start on a background thread once the first dialogues wait on the network (prewarm):
-    started earlier, they hold the GIL while the simulation builds and sends its first
-    calls (benchmarks/decisions.md, cold start)."""
+    """flows/runs/shards.py:simulate_jobs, imported when a run simulates: the plan's ready
+    jobs at once, its analogy jobs as planning finds their partners (plan.later, iterated on
+    a thread of its own). Publish's imports start on a background thread once the first
+    dialogues wait on the network (prewarm): started earlier, they hold the GIL while the
+    simulation builds and sends its first calls (benchmarks/decisions.md, cold start)."""
     from flows.runs.shards import simulate_jobs
 
-    return simulate_jobs(jobs, cfg, spill, progress, on_waiting=prewarm)
+    return simulate_jobs(plan.ready, cfg, spill, progress, on_waiting=prewarm, later=plan.later)
 
 
 @dataclass(frozen=True)
@@ -360,8 +376,8 @@ class Stages:
     replay: Callable[..., tuple[str | None, dict[str, Any] | None]] = replay_run
     load: Callable[..., LoadResult] = load_stage
     load_more: Callable[..., LoadResult] = load_more_stage
-    plan: Callable[..., tuple[list[Job], list[Reject]]] = plan_jobs
-    simulate: Callable[[list[Job], MasterConfig, Path], Collected] = simulate_stage
+    plan: Callable[..., Plan] = plan_stream
+    simulate: Callable[[Plan, MasterConfig, Path], Collected] = simulate_stage
     publish: Callable[..., dict[str, Any]] = publish
 
 
@@ -388,8 +404,9 @@ def drive(
             if summary is None:
                 setup()  # DSPy's patches, before its programs run (a replay has none to run)
                 loaded = stages.load(cfg, seed_paths)
-                jobs, plan_rejects = stages.plan(loaded, cfg, embedder)
-                collected = stages.simulate(jobs, cfg, spill_folder(out, "run"))
+                plan = stages.plan(loaded, cfg, embedder)
+                collected = stages.simulate(plan, cfg, spill_folder(out, "run"))
+                plan_rejects = list(plan.rejects)  # complete: simulate exhausted plan.later
                 if cfg.merge.backfill == "resimulate":
                     from flows.runs.backfill import resimulate
 
@@ -442,6 +459,15 @@ def run_pipeline(
     progress: Progress | None = None,
 ) -> RunResult:
     """The whole job in this process: what `master run` does. Every seed simulated is added
-    to `progress` and counted in it as it finishes (flows/runs/progress.py)."""
-    stages = Stages(simulate=functools.partial(simulate_stage, progress=progress))
+    to `progress` and counted in it as it finishes, and every long step (loading, dedupe,
+    decontamination, embedding, partner matching, backfill rounds' loading, publishing) told
+    to it as it goes (flows/runs/progress.py)."""
+    tell = progress.step if progress is not None else None
+    stages = Stages(
+        load=functools.partial(load_stage, progress=progress),
+        load_more=functools.partial(load_more_stage, progress=progress),
+        plan=functools.partial(plan_stream, tell=tell),
+        simulate=functools.partial(simulate_stage, progress=progress),
+        publish=functools.partial(publish, progress=progress),
+    )
     return drive(cfg, Path(out or cfg.run.out), seed_paths, embedder, stages)

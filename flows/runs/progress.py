@@ -62,11 +62,23 @@ class Figures:
     tokens: int = 0  # input and output tokens of the calls made
     cost_usd: float | None = None  # None: no role of the run has a price
     eta_s: float | None = None  # None until a seed is done
+    steps: tuple[tuple[str, int, int], ...] = ()  # long steps under way: name, done, total
+
+    def step_text(self) -> str:
+        """The steps under way, e.g. `embedding the pool 4,096/20,000; reading rows 30,000`
+        (a step with no known total shows its count alone)."""
+        return "; ".join(
+            f"{name} {done:,}/{total:,}" if total else f"{name} {done:,}"
+            for name, done, total in self.steps
+        )
 
     def line(self) -> str:
         """The figures in one line, e.g. `seeds 120/200, accepted 110, rejected 8, 410 LM
         calls, 35 cache hits, 51,200 tokens, $0.0123, eta 12s`. Failed and unfinished
-        dialogues appear once there are some."""
+        dialogues appear once there are some; the steps under way (step_text) at the end,
+        alone before any seed is simulated."""
+        if not self.total and self.steps:
+            return self.step_text()
         parts = [f"seeds {self.done}/{self.total}", f"accepted {self.accepted}"]
         parts.append(f"rejected {self.rejected}")
         if self.failed:
@@ -81,7 +93,8 @@ class Figures:
         if self.cost_usd is not None:
             parts.append(f"${self.cost_usd:.4f}")
         parts.append("eta " + ("?" if self.eta_s is None else duration(self.eta_s)))
-        return ", ".join(parts)
+        line = ", ".join(parts)
+        return f"{line}; {self.step_text()}" if self.steps else line
 
 
 class Progress:
@@ -101,7 +114,19 @@ class Progress:
         self.done = 0
         self.counts = {"accepted": 0, "rejected": 0, "failed": 0, "unfinished": 0}
         self.started: float | None = None  # when the first seeds were added
+        self.steps: dict[str, tuple[int, int]] = {}  # long steps under way, in start order
         self._lock = threading.Lock()
+
+    def step(self, name: str, done: int, total: int = 0) -> None:
+        """How far a long step has got (loading, dedupe, decontamination, embedding, partner
+        matching, publishing); called from any thread. A step is over at its total (a step
+        with no known total, 0, ends with done == total == its count)."""
+        with self._lock:
+            if total and done >= total:
+                self.steps.pop(name, None)
+            else:
+                self.steps[name] = (done, total)
+        self._changed()
 
     def add(self, seeds: int) -> None:
         """More seeds to simulate (the run's first round, or a further one)."""
@@ -152,6 +177,7 @@ class Progress:
                 tokens=sum(r[2] + r[3] for r in rows.values()),
                 cost_usd=cost,
                 eta_s=eta,
+                steps=tuple((name, d, t) for name, (d, t) in self.steps.items()),
             )
 
     def line(self) -> str:
@@ -164,8 +190,8 @@ class Progress:
 
 class ProgressLines:
     """A watcher that shows progress as lines: `write(progress)` at most every `every`
-    seconds while seeds finish (the CLI off a terminal, the flow into its run's logs), and
-    `write` once more at the end, by whoever holds it."""
+    seconds while seeds finish or steps move (the CLI off a terminal, the flow into its
+    run's logs), and `write` once more at the end, by whoever holds it."""
 
     def __init__(
         self,
@@ -180,7 +206,7 @@ class ProgressLines:
 
     def __call__(self, progress: Progress) -> None:
         now = self.clock()
-        if self.last is None:  # the first seeds were added: the clock starts
+        if self.last is None:  # the first change (seeds added, a step begun): the clock starts
             self.last = now
         elif now - self.last >= self.every:
             self.last = now

