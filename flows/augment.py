@@ -37,7 +37,7 @@ from prefect.task_runners import TaskRunner
 from flows.core.config import MasterConfig, RunConfig, load_config
 from flows.core.records import Reject
 from flows.ingest.seeds import LoadResult
-from flows.planning.jobs import Job, Plan, plan_jobs
+from flows.planning.jobs import Job, Plan, plan_stream
 from flows.publish.collect import Collected
 from flows.publish.versions import Release
 from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
@@ -77,10 +77,9 @@ def load_task(cfg: MasterConfig, seeds: list[str] | None) -> LoadResult:
 
 @task(name="plan", cache_policy=NO_CACHE)
 def plan_task(loaded: LoadResult, cfg: MasterConfig, embedder: Any) -> Plan:
-    """The whole plan, partners found (a task's result is whole: the shards are cut from a
-    list of jobs, on threads or Dask workers)."""
-    jobs, rejects = plan_jobs(loaded, cfg, embedder, tell=step_lines().step)
-    return Plan(ready=jobs, rejects=rejects)
+    """Every seed's scenario now, the analogy partners as simulate_in_shards draws them from
+    `plan.later` (the retrieval runs in the flow's thread while the first shards run)."""
+    return plan_stream(loaded, cfg, embedder, tell=step_lines().step)
 
 
 @task(name="simulate-shard", cache_policy=NO_CACHE, task_run_name="simulate-shard-{index}")
@@ -111,16 +110,23 @@ def publish_task(
 
 def simulate_in_shards(plan: Plan, cfg: MasterConfig, spill: Path) -> Collected:
     """The simulate stage of the flow: run.shard_size jobs a task, on the thread runner or,
-    with run.task_runner dask, on a Dask cluster."""
-    jobs = [*plan.ready, *(job for batch in plan.later or () for job in batch)]
-    size = cfg.run.shard_size
-    shards = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    with run.task_runner dask, on a Dask cluster. On threads the ready jobs' shards start at
+    once and the analogy jobs' shards join as their partners are found (this thread does the
+    retrieval meanwhile); a Dask run shares its budget by the number of shards, so it plans
+    every shard first."""
     rows = str(spill / "rows.jsonl")
     prewarm()  # publish's imports while this process waits on the shards
     if cfg.run.task_runner == "dask":
+        jobs = [*plan.ready, *(job for batch in plan.later or () for job in batch)]
         runner = dask_runner(cfg.run)
+        shards = _in_shards(jobs, cfg.run.shard_size)
         return simulate_shards.with_options(task_runner=runner)(shards, on_cluster(cfg), rows)
-    return submit_shards(shards, cfg, rows, new_budget(cfg))
+    return submit_shards(_in_shards(plan.ready, cfg.run.shard_size), cfg, rows,
+                         new_budget(cfg), more=plan.later)  # fmt: skip
+
+
+def _in_shards(jobs: list[Job], size: int) -> list[list[Job]]:
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
 #: The flow's stages: the driver's own functions as Prefect tasks.
@@ -180,15 +186,20 @@ def dask_runner(run: RunConfig) -> TaskRunner:
 
 
 def submit_shards(
-    shards: list[list[Job]], cfg: MasterConfig, spill: str, budget: CallBudget | None = None
+    shards: list[list[Job]],
+    cfg: MasterConfig,
+    spill: str,
+    budget: CallBudget | None = None,
+    more: Iterator[list[Job]] | None = None,
 ) -> Collected:
     """Every shard as a task on the current flow's task runner; each shard's outcomes are
-    collected (rows spilled to `spill`) as it finishes, then let go.
+    collected (rows spilled to `spill`) as it finishes, then let go. `more` (threads only):
+    batches of jobs found while the first shards run (analogy jobs as partners are found),
+    submitted as shards as they come.
 
     Progress (seeds done, calls, cache hits, ETA) is logged and kept in a progress artifact
     as shards finish. One budget object is shared by threads; on a Dask cluster each shard
     gets an equal share instead, since a counter cannot be shared across machines."""
-    total = sum(len(s) for s in shards)
     on_threads = cfg.run.task_runner != "dask"
     if budget is None and not on_threads and shards:
         shares = [new_budget(cfg, 1 / len(shards)) for _ in shards]
@@ -207,9 +218,20 @@ def submit_shards(
         progress=0.0, key="augment-progress", description="seeds simulated and verified"
     )
     collected = Collected(Path(spill))
+    taker = _Taker(collected, sum(len(s) for s in shards), progress, log_shards=seeds is None)
     STOP.clear()
     try:
-        _collect(futures, collected, total, progress, log_shards=seeds is None)
+        for batch in more or ():
+            for shard in _in_shards(batch, cfg.run.shard_size):
+                futures.append(simulate_task.submit(shard, cfg, len(futures), budget, seeds))
+                taker.total += len(shard)
+            # what finished meanwhile is taken now: a run's memory does not grow with its
+            # finished dialogues (flows/publish/collect.py)
+            for future in [f for f in futures if f.wrapped_future.done()]:
+                futures.remove(future)
+                taker.take(future)
+        for future in as_completed(futures):
+            taker.take(future)
     except BaseException:
         STOP.set()  # cancelled (or failing): the shards still running stop at once
         raise
@@ -220,28 +242,32 @@ def submit_shards(
     return collected
 
 
-def _collect(
-    futures: list[Any], collected: Collected, total: int, progress: Any, log_shards: bool
-) -> None:
-    """Take the shards' outcomes as they finish (into an empty `collected`, whose counts the
+class _Taker:
+    """Takes the shards' outcomes as they finish (into an empty `collected`, whose counts the
     progress reports), updating the progress artifact and, with `log_shards`, logging each."""
-    start = time.monotonic()
-    for future in as_completed(futures):
-        shard = future.result()
+
+    def __init__(self, collected: Collected, total: int, progress: Any, log_shards: bool) -> None:
+        self.collected = collected
+        self.total = total
+        self.progress = progress
+        self.log_shards = log_shards
+        self.start = time.monotonic()
+
+    def take(self, future: Any) -> None:
+        shard, collected = future.result(), self.collected
         for outcome in shard.outcomes:
             collected.add(outcome)
         collected.calls.add_replicas(shard.replicas)
-        done = collected.outcomes
+        done, total = collected.outcomes, self.total
         calls, hits = collected.calls.totals()
-        elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - self.start
         eta = elapsed / done * (total - done) if done else 0.0
-        update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
-        if not log_shards:
-            continue
-        get_run_logger().info(
-            "%d/%d seeds done, %d LM calls, %d cache hits, eta %.0f s",
-            done, total, calls, hits, eta,
-        )  # fmt: skip
+        update_progress_artifact(self.progress, progress=100.0 * done / max(total, 1))
+        if self.log_shards:
+            get_run_logger().info(
+                "%d/%d seeds done, %d LM calls, %d cache hits, eta %.0f s",
+                done, total, calls, hits, eta,
+            )  # fmt: skip
 
 
 @flow(name="simulate-shards")

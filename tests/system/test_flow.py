@@ -176,3 +176,38 @@ def test_the_augment_flow_backfills_to_the_sample_in_shards(
     assert summary["rows"]["published"] == 16 and summary["backfill"]["short"] == {}
     lines = (tmp_path / "out" / "dataset.jsonl").read_text().splitlines()
     assert len(lines) == 16
+
+
+def test_the_flow_runs_its_first_shards_while_analogy_partners_are_still_being_found(
+    prefect_server: None,
+    fake_llm: FakeLLMServer,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The nightly path (the flow on threads) gets retrieval off the critical path too: the
+    partner search waits until the server has had a request, so the run completes only if
+    the ready shards went out first."""
+    import time
+
+    import flows.planning.retrieval as retrieval
+    from conftest import hashing_embedder
+    from flows.augment import augment
+
+    monkeypatch.setattr(retrieval, "minilm_embedder", lambda: hashing_embedder)
+    found = retrieval.similar_batches
+    requests_before: list[int] = []
+
+    def after_the_first_call(*args: object, **kwargs: object) -> Iterator[object]:
+        deadline = time.monotonic() + 60
+        while fake_llm.request_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        requests_before.append(fake_llm.request_count)
+        yield from found(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(retrieval, "similar_batches", after_the_first_call)
+    config = write_config(role_lms(fake_llm.base_url), sample=12, run={"shard_size": 2})
+    summary = augment(config_path=str(config), out=str(tmp_path / "out"))
+    assert requests_before and requests_before[0] > 0
+    assert summary["dialogues"]["analogy"] >= 1
+    assert sum(summary["dialogues"].values()) == 12 and summary["quality"]["failed"] == 0
