@@ -479,9 +479,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
     from flows.commands.dry_run import format_plan, plan_run
+    from flows.runs.progress import Progress
 
     cfg = _with_sample(_load(args), args.sample)
-    result = plan_run(cfg, args.seeds)
+    progress = Progress()  # its steps only: loading, retrieval, the dry run of each dialogue
+    with showing(progress, sys.stderr.isatty()):
+        result = plan_run(cfg, args.seeds, tell=progress.step)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
 

@@ -16,19 +16,27 @@ import dspy
 from flows.core.config import MasterConfig
 from flows.ingest.seeds import load_seeds
 from flows.planning.jobs import plan_jobs
-from flows.planning.retrieval import Embedder
+from flows.planning.retrieval import Embedder, Tell
 from flows.simulation.dialogue_cache import DialogueStore, dialogue_key, replayed_calls
 from flows.simulation.saved_programs import configured_programs
 from flows.simulation.simulate import run_program
 from modules.lm.call_cache import CallStore, DryRunEngine, dialogue_slot, ledger
 from modules.scenarios.registry import program_version
 
+#: the dry run tells how many dialogues it has gone through every this many
+TELL_EVERY = 500
+
 
 def plan_run(
-    cfg: MasterConfig, seed_paths: list[str] | None = None, embedder: Embedder | None = None
+    cfg: MasterConfig,
+    seed_paths: list[str] | None = None,
+    embedder: Embedder | None = None,
+    tell: Tell | None = None,
 ) -> dict[str, Any]:
-    loaded = load_seeds(cfg.seeds, seed_paths)
-    jobs, rejects = plan_jobs(loaded, cfg, embedder, remember=False)
+    """What a run would call and cost; `tell(step, done, total)` hears how far loading,
+    retrieval and the dry run of the dialogues have got."""
+    loaded = load_seeds(cfg.seeds, seed_paths, tell)
+    jobs, rejects = plan_jobs(loaded, cfg, embedder, remember=False, tell=tell)
     store = CallStore(cfg.cache.dir)
     dialogues = DialogueStore(cfg.cache.dir)
     try:
@@ -55,7 +63,9 @@ def plan_run(
             }
         )
         whole = 0
-        for job in jobs:
+        for number, job in enumerate(jobs, 1):
+            if tell is not None and (number % TELL_EVERY == 0 or number == len(jobs)):
+                tell("dry-running dialogues", number, len(jobs))
             hit = dialogues.get(dialogue_key(job, versions[job.scenario], cfg.lms))
             if hit is not None:
                 whole += 1

@@ -208,6 +208,7 @@ class ProgressLines:
         now = self.clock()
         if self.last is None:  # the first change (seeds added, a step begun): the clock starts
             self.last = now
-        elif now - self.last >= self.every:
+        elif now - self.last >= self.every and (progress.total or progress.steps):
+            # (a step just over, before any seed: nothing to show)
             self.last = now
             self.write(progress)

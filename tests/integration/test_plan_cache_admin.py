@@ -33,8 +33,12 @@ def test_plan_counts_calls_and_reasons_without_calling_a_model(
     config = write_config(lms, sample=6)
     cfg = load_config(config)
 
-    cold = plan_run(cfg, embedder=embedder)
+    told: list[tuple[str, int, int]] = []
+    cold = plan_run(cfg, embedder=embedder, tell=lambda *step: told.append(step))
     assert fake_llm.request_count == 0
+    steps = {name for name, _, _ in told}  # a long dry run is never silent
+    assert {"reading gsm8k", "embedding the pool", "dry-running dialogues"} <= steps
+    assert told[-1] == ("dry-running dialogues", 6, 6)
     assert cold["calls_cached"] == 0 and cold["calls_to_make"] > 0
     assert all(set(r["reasons"]) <= {"new seed"} for r in cold["by_scenario_role"])
     assert _rows(cold)[("analogy", "strong")]["est_cost_usd"] > 0

@@ -183,6 +183,8 @@ def test_off_a_terminal_a_step_alone_writes_a_line_at_most_every_ten_seconds(
     for done in range(0, 20_000, 500):  # a chunk every 1 s: 40 s of embedding
         clock.now += 1
         progress.step("embedding the pool", done, 20_000)
+    clock.now += 10
+    progress.step("embedding the pool", 20_000, 20_000)  # over, and no seed yet: no line
     lines = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
     assert lines == [
         "embedding the pool 5,000/20,000",
