@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from modules.lm.pool import ReplicaStats
 from modules.lm.settings import ROLES, RoleLMs
 
 if TYPE_CHECKING:
     from modules.lm.call_cache import CallRecord
+    from modules.lm.pool import ReplicaStats
 
 
 class CallTally:
@@ -47,6 +47,8 @@ class CallTally:
 
     def add_replicas(self, replicas: dict[str, dict[str, ReplicaStats]]) -> None:
         """Add what a shard's replica pools counted (role -> base URL -> counts)."""
+        from modules.lm.pool import ReplicaStats  # not at import: a replay loads no asyncio
+
         for role, bases in replicas.items():
             mine = self.replicas.setdefault(role, {})
             for base, stats in bases.items():

@@ -175,6 +175,7 @@ UNNEEDED_ON_REPLAY = (
     "flows.optimization",
     "flows.ingest.seeds",
     "flows.runs.shards",
+    "modules.lm.pool",  # and with it asyncio: the replica counts are read only after calls
 )
 REPLAY_PROBE = """
 import json, sys
