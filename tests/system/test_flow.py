@@ -19,20 +19,25 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def flow_server(prefect_server: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Prefect test server, and the tests' hashing retriever in place of MiniLM."""
+    import flows.planning.retrieval
+    from conftest import hashing_embedder
+
+    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
+
+
 def test_augment_flow_writes_outputs_and_artifacts(
-    prefect_server: None,
+    flow_server: None,
     fake_llm: FakeLLMServer,
     write_config: Callable[..., Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    import flows.planning.retrieval
-    from conftest import hashing_embedder
     from flows.augment import augment
 
-    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
     config = write_config(role_lms(fake_llm.base_url), sample=6, run={"shard_size": 2})
     out = tmp_path / "flow-out"
     summary = augment(config_path=str(config), out=str(out))
@@ -83,17 +88,13 @@ def test_augment_flow_writes_outputs_and_artifacts(
 
 
 def test_a_run_that_fails_its_gates_ends_failed_with_one_line_and_keeps_the_last_version(
-    prefect_server: None,
+    flow_server: None,
     fake_llm: FakeLLMServer,
     write_config: Callable[..., Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import flows.planning.retrieval
-    from conftest import hashing_embedder
     from flows.augment import augment
 
-    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
     config = write_config(role_lms(fake_llm.base_url), sample=6)
     out = tmp_path / "out"
     good = augment(config_path=str(config), out=str(out))
@@ -110,21 +111,17 @@ def test_a_run_that_fails_its_gates_ends_failed_with_one_line_and_keeps_the_last
 
 
 def test_the_augment_flow_runs_a_saved_program_version(
-    prefect_server: None,
+    flow_server: None,
     fake_llm: FakeLLMServer,
     write_config: Callable[..., Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import dspy
 
-    import flows.planning.retrieval
-    from conftest import hashing_embedder
     from flows.augment import augment
     from flows.simulation.saved_programs import save_version
     from modules.scenarios.registry import build_programs
 
-    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
     program = build_programs({})["debate"]
     program.student_c.predict.demos = [
         dspy.Example(question="1+1?", reference="2", dialogue="A: 3", summary="It is 2.")
@@ -149,19 +146,16 @@ def test_the_augment_flow_runs_a_saved_program_version(
 
 
 def test_the_augment_flow_backfills_to_the_sample_in_shards(
-    prefect_server: None,
+    flow_server: None,
     fake_llm: FakeLLMServer,
     write_config: Callable[..., Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """merge.backfill: resimulate runs its further rounds through the flow's sharded
     simulate stage and tasks, and lands on exactly seeds.sample rows."""
-    import flows.planning.retrieval
-    from conftest import hashing_embedder, tricky_judge, tricky_seeds
+    from conftest import tricky_judge, tricky_seeds
     from flows.augment import augment
 
-    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
     fake_llm.responder = tricky_judge
     seeds = tricky_seeds(tmp_path / "seeds.jsonl", 40)
     config = write_config(
@@ -179,7 +173,7 @@ def test_the_augment_flow_backfills_to_the_sample_in_shards(
 
 
 def test_the_flow_runs_its_first_shards_while_analogy_partners_are_still_being_found(
-    prefect_server: None,
+    flow_server: None,
     fake_llm: FakeLLMServer,
     write_config: Callable[..., Path],
     tmp_path: Path,
@@ -191,10 +185,8 @@ def test_the_flow_runs_its_first_shards_while_analogy_partners_are_still_being_f
     import time
 
     import flows.planning.retrieval as retrieval
-    from conftest import hashing_embedder
     from flows.augment import augment
 
-    monkeypatch.setattr(retrieval, "minilm_embedder", lambda: hashing_embedder)
     found = retrieval.similar_batches
     requests_before: list[int] = []
 
