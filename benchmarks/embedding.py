@@ -136,6 +136,26 @@ def matching(seeds: int, reference: bool) -> dict:
     return figures
 
 
+def chunks(embed: Callable[[Sequence[str]], np.ndarray], texts: list[str]) -> dict:
+    """Sentences per second as a run embeds its pool (retrieval._embedded: EMBED_CHUNK texts
+    a call, shortest first, a progress step after each) and as 512 texts a call in file order
+    (sentence-transformers sorts by length within a call only)."""
+    from flows.planning import retrieval
+
+    embed(texts[:64])  # loaded and warm
+    start = time.monotonic()
+    for _ in retrieval._embedded(embed, texts, "embedding", None, []):
+        pass
+    run_rate = len(texts) / (time.monotonic() - start)
+    start = time.monotonic()
+    for i in range(0, len(texts), 512):
+        embed(texts[i : i + 512])
+    return {
+        f"chunks_of_{retrieval.EMBED_CHUNK}_shortest_first_per_s": round(run_rate, 1),
+        "chunks_of_512_in_file_order_per_s": round(len(texts) / (time.monotonic() - start), 1),
+    }
+
+
 def bench_embedding(sentences: int = 2048) -> dict:
     from flows.planning.retrieval import minilm_embedder
 
@@ -147,6 +167,7 @@ def bench_embedding(sentences: int = 2048) -> dict:
         "load_average_at_start": round(os.getloadavg()[0], 2),
     }
     figures["torch_fp32_per_s"], reference = _rate(minilm_embedder(), texts)
+    figures.update(chunks(minilm_embedder(), texts))
     with tempfile.TemporaryDirectory() as tmp:
         if importlib.util.find_spec("onnxruntime") is None:
             figures["onnx"] = "onnxruntime not installed"

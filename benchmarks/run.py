@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -614,28 +616,13 @@ def bench_scale(seeds: int = 30_000) -> dict:
     with tempfile.TemporaryDirectory() as tmp, fake_server(0.02, extra) as (base_url, served):
         quality = {"quality": {"hard": ["structure"]}}  # the fake's answers are placeholders
         cfg_path = _seeds_config(tmp, base_url, _variants(seeds, seed=5), **quality)
-        cmd = [sys.executable, __file__, "--measure-scale", str(cfg_path), str(Path(tmp) / "out")]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        start, first = time.monotonic(), None
-        while proc.poll() is None:
-            if first is None and served() > 0:
-                first = round(time.monotonic() - start, 2)
-            time.sleep(0.25)
-        stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(stderr[-3000:])
-        run = json.loads(stdout.strip().splitlines()[-1])
-        requests = served()
+        run = _watched_scale(cfg_path, Path(tmp) / "out", served)
         files = Path(run.pop("files"))
         rows = pl.read_parquet(files / "dataset.parquet")
         rejects = pl.read_parquet(files / "rejects.parquet")
-        before, began = served(), time.monotonic()
-        again = _child("--measure-scale", str(cfg_path), str(Path(tmp) / "again"))
-        again_calls, again_process = served() - before, round(time.monotonic() - began, 2)
         # a run whose failed dialogues were retried is stored; the next is a replay
-        before, began = served(), time.monotonic()
-        third = _child("--measure-scale", str(cfg_path), str(Path(tmp) / "third"))
-        third_calls, third_process = served() - before, round(time.monotonic() - began, 2)
+        again = _watched_scale(cfg_path, Path(tmp) / "again", served)
+        third = _watched_scale(cfg_path, Path(tmp) / "third", served)
     ended = (
         rows["seed_id"].to_list()
         + rejects.filter(pl.col("stage") != "load")["seed_id"].drop_nulls().to_list()
@@ -646,23 +633,61 @@ def bench_scale(seeds: int = 30_000) -> dict:
         "fail_rate_500": 0.05,
         "fail_rate_429": 0.05,
         "load_average_at_start": round(load_average, 2),
-        "first_request_s": first,
         **run,
-        "requests": requests,
         "every_seed_in_dataset_or_rejects": len(set(ended)) >= run["kept"],
         "every_reject_has_a_reason": rejects.height == 0
         or bool(rejects["reason"].str.len_chars().min()),
-        "rerun_wall_s": again["wall_s"],
-        "rerun_process_wall_s": again_process,
-        "rerun_run_cache": again["run_cache"],
-        "rerun_calls": again_calls,
-        "rerun_failed": again["failed"],
-        "third_wall_s": third["wall_s"],
-        "third_process_wall_s": third_process,
-        "third_run_cache": third["run_cache"],
-        "third_calls": third_calls,
+        **{
+            f"{name}_{key}": figures[key]
+            for name, figures in (("rerun", again), ("third", third))
+            for key in ("wall_s", "process_wall_s", "run_cache", "requests", "failed")
+            + ("longest_silence_s", "longest_silence_after")
+        },
         "command": f"python benchmarks/run.py --only scale --seeds {seeds}",
     }
+
+
+def _watched_scale(config: Path, out: Path, served: Callable[[], int]) -> dict:
+    """One run of measure_scale in a child process, watched as its user would: when the
+    first request reached the server, the run's figures, the requests it made and the
+    longest time its stderr said nothing."""
+    cmd = [sys.executable, __file__, "--measure-scale", str(config), str(out)]
+    before = served()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start, first = time.monotonic(), None
+    told: list[tuple[float, str]] = []  # (seconds after start, line) of what the user sees
+    reader = threading.Thread(
+        target=lambda: told.extend((time.monotonic() - start, line) for line in proc.stderr)
+    )
+    reader.start()
+    while proc.poll() is None:
+        if first is None and served() > before:
+            first = round(time.monotonic() - start, 2)
+        time.sleep(0.05)
+    process_wall = round(time.monotonic() - start, 2)
+    reader.join()
+    stdout = proc.stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError("".join(line for _, line in told)[-3000:])
+    silence, after = _longest_silence(told, process_wall)
+    return {
+        "first_request_s": first,
+        "longest_silence_s": silence,
+        "longest_silence_after": after,
+        **json.loads(stdout.strip().splitlines()[-1]),
+        "process_wall_s": process_wall,
+        "requests": served() - before,  # attempts, the failed ones too
+    }
+
+
+def _longest_silence(told: list[tuple[float, str]], end: float) -> tuple[float, str]:
+    """The longest time the run's stderr said nothing (from the start to the first line,
+    between lines, from the last line to the end), and the line it followed."""
+    marks = [(0.0, "(start)"), *told, (end, "(end)")]
+    gap, after = max(
+        (later[0] - earlier[0], earlier[1].strip()) for earlier, later in itertools.pairwise(marks)
+    )
+    return round(gap, 2), after[:160]
 
 
 def measure_scale(config: str, out: str) -> int:
@@ -671,6 +696,7 @@ def measure_scale(config: str, out: str) -> int:
     import functools
     import resource
 
+    from flows.cli import _setup_logging, showing
     from flows.planning.jobs import plan_stream
     from flows.runs.pipeline import (
         Stages,
@@ -713,7 +739,9 @@ def measure_scale(config: str, out: str) -> int:
         simulate=timed("simulate", functools.partial(simulate_stage, progress=progress)),
         publish=timed("publish", functools.partial(publish, progress=progress)),
     )
-    result = drive(load_config(config, environ={}), Path(out), stages=stages)
+    _setup_logging(verbose=False)  # what `master run` shows off a terminal, on stderr
+    with showing(progress, terminal=False):
+        result = drive(load_config(config, environ={}), Path(out), stages=stages)
     wall = time.monotonic() - start
     summary = result.summary
     figures = {

@@ -37,14 +37,14 @@ from prefect.task_runners import TaskRunner
 from flows.core.config import MasterConfig, RunConfig, load_config
 from flows.core.records import Reject
 from flows.ingest.seeds import LoadResult
-from flows.planning.jobs import Job, Plan, plan_stream
+from flows.planning.jobs import Job, Later, Plan, plan_stream
 from flows.publish.collect import Collected
 from flows.publish.versions import Release
 from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
 from flows.runs.prewarm import prewarm
 from flows.runs.progress import Progress, ProgressLines, run_prices
 from flows.runs.shards import ShardResult, new_budget, run_shard
-from flows.simulation.simulate import STOP
+from flows.simulation.simulate import STOP, Breaker, not_started
 from modules.lm.budget import CallBudget
 from modules.runtime import setup
 
@@ -190,7 +190,7 @@ def submit_shards(
     cfg: MasterConfig,
     spill: str,
     budget: CallBudget | None = None,
-    more: Iterator[list[Job]] | None = None,
+    more: Later | None = None,
 ) -> Collected:
     """Every shard as a task on the current flow's task runner; each shard's outcomes are
     collected (rows spilled to `spill`) as it finishes, then let go. `more` (threads only):
@@ -218,18 +218,27 @@ def submit_shards(
         progress=0.0, key="augment-progress", description="seeds simulated and verified"
     )
     collected = Collected(Path(spill))
-    taker = _Taker(collected, sum(len(s) for s in shards), progress, log_shards=seeds is None)
+    total = sum(len(s) for s in shards)
+    taker = _Taker(collected, total, progress, seeds is None, cfg.run.breaker_failures)
     STOP.clear()
     try:
-        for batch in more or ():
+        for batch in more or ():  # (an empty batch: a step of the search done)
             for shard in _in_shards(batch, cfg.run.shard_size):
                 futures.append(simulate_task.submit(shard, cfg, len(futures), budget, seeds))
                 taker.total += len(shard)
+            if seeds is not None and more is not None:
+                seeds.add(0, waiting=len(more.unplanned))  # (each shard adds its own seeds)
             # what finished meanwhile is taken now: a run's memory does not grow with its
             # finished dialogues (flows/publish/collect.py)
             for future in [f for f in futures if f.wrapped_future.done()]:
                 futures.remove(future)
                 taker.take(future)
+            if taker.breaker.tripped and more is not None:
+                # the endpoint is down: the partners still to be found would only be
+                # reported not started, so they are not waited for
+                for job in more.stop():
+                    collected.add(not_started(job, taker.breaker.reason()))
+                    taker.total += 1
         for future in as_completed(futures):
             taker.take(future)
     except BaseException:
@@ -246,17 +255,28 @@ class _Taker:
     """Takes the shards' outcomes as they finish (into an empty `collected`, whose counts the
     progress reports), updating the progress artifact and, with `log_shards`, logging each."""
 
-    def __init__(self, collected: Collected, total: int, progress: Any, log_shards: bool) -> None:
+    def __init__(
+        self,
+        collected: Collected,
+        total: int,
+        progress: Any,
+        log_shards: bool,
+        breaker_failures: int = 0,
+    ) -> None:
         self.collected = collected
         self.total = total
         self.progress = progress
         self.log_shards = log_shards
         self.start = time.monotonic()
+        # the shards' dialogues failing in a row, in the order they are taken (each shard
+        # has its own breaker for its own dialogues)
+        self.breaker = Breaker(breaker_failures)
 
     def take(self, future: Any) -> None:
         shard, collected = future.result(), self.collected
         for outcome in shard.outcomes:
             collected.add(outcome)
+            self.breaker.record(outcome)
         collected.calls.add_replicas(shard.replicas)
         done, total = collected.outcomes, self.total
         calls, hits = collected.calls.totals()

@@ -85,6 +85,43 @@ def retrieval_pool(loaded: LoadResult, cfg: MasterConfig) -> list[Seed]:
     ]
 
 
+class Later(Iterator[list[Job]]):
+    """Jobs that join a run while it goes on, a batch at a time (the analogy jobs as their
+    partners are found). An empty batch is a step of the search done: the consumer may stop
+    there. Iterating does the search, on whichever thread iterates.
+
+    Args:
+        batches: the batches, e.g. a generator that searches between them.
+        unplanned: the seeds still waiting, by id; `batches` removes a seed when it hands on
+            its job or rejects it.
+
+    Example:
+        later = Later(iter([[job_a], [], [job_b]]))
+        first = next(later)    # [job_a]
+        rest = later.stop()    # the run stopped: [] (no seed was left waiting)
+    """
+
+    def __init__(
+        self, batches: Iterator[list[Job]], unplanned: dict[str, Seed] | None = None
+    ) -> None:
+        self._batches = batches
+        self.unplanned = unplanned if unplanned is not None else {}
+
+    def __next__(self) -> list[Job]:
+        return next(self._batches)
+
+    def stop(self) -> list[Job]:
+        """End the search (the run has stopped): the jobs of the seeds still waiting, with no
+        partner, for the run to report as not started. Call it on the iterating thread."""
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
+        self._batches = iter(())
+        rest = [Job(seed=seed, scenario="analogy") for seed in self.unplanned.values()]
+        self.unplanned.clear()
+        return rest
+
+
 @dataclass
 class Plan:
     """Every seed's job. `ready`: the jobs that need nothing more (seed order), to start at
@@ -94,7 +131,7 @@ class Plan:
     thread iterates it); building a Plan does none."""
 
     ready: list[Job]
-    later: Iterator[list[Job]] | None = None
+    later: Later | None = None
     rejects: list[Reject] = field(default_factory=list)
     waiting: int = 0  # analogy seeds whose partner `later` looks for
 
@@ -111,7 +148,9 @@ def plan_stream(
     ready, analogy = assign_jobs(loaded, cfg)
     plan = Plan(ready=ready, waiting=len(analogy))
     if analogy:
-        plan.later = partner_batches(plan, analogy, loaded, cfg, embedder, remember, tell)
+        unplanned = {seed.id: seed for seed in analogy}
+        batches = partner_batches(plan, analogy, loaded, cfg, embedder, remember, tell, unplanned)
+        plan.later = Later(batches, unplanned)
     return plan
 
 
@@ -123,9 +162,12 @@ def partner_batches(
     embedder: Embedder | None = None,
     remember: bool = True,
     tell: Tell | None = None,
+    unplanned: dict[str, Seed] | None = None,
 ) -> Iterator[list[Job]]:
     """The analogy jobs, a batch at a time, each with a similar question of the pool as its
     partner; a reject (into plan.rejects) for each seed whose domain has no other question.
+    An empty batch after each chunk of the pool embedded (Later: a place to stop). Each seed
+    handed on or rejected leaves `unplanned`.
 
     Partners are sticky: a choice made by an earlier run is kept while that partner is
     still in the pool (those jobs come first, with no embedding), so adding seeds to a
@@ -140,11 +182,14 @@ def partner_batches(
         similar_batches,
     )
 
+    unplanned = unplanned if unplanned is not None else {}
     pool = retrieval_pool(loaded, cfg)
     remembered = RetrievalMemory(cfg.cache.dir) if cfg.cache.enabled else None
     try:
         known = remembered.recall(analogy, pool) if remembered is not None else {}
         if known:
+            for seed_id in known:
+                unplanned.pop(seed_id, None)
             yield [_partnered(seed, known[seed.id], cfg) for seed in analogy if seed.id in known]
         fresh = [s for s in analogy if s.id not in known]
         if not fresh:
@@ -157,14 +202,13 @@ def partner_batches(
             if remembered is not None and remember:
                 remembered.remember(picked)
             jobs = []
-            for seed in (s for s in fresh if s.id in picked):
-                match = picked[seed.id]
+            for seed_id, match in picked.items():  # in query order
+                seed = unplanned.pop(seed_id)
                 if match is None:
                     plan.rejects.append(_no_partner(seed))
                 else:
                     jobs.append(_partnered(seed, match, cfg))
-            if jobs:
-                yield jobs
+            yield jobs  # empty after a chunk of the pool: a place to stop
     finally:
         if remembered is not None:
             remembered.close()

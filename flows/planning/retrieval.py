@@ -178,26 +178,40 @@ def top_partners(qv: np.ndarray, cv: np.ndarray, top_k: int) -> list[list[tuple[
     return picked
 
 
-#: Analogy queries matched (and their picks handed on) at a time.
-QUERY_BATCH = 512
-#: Texts embedded at a time: each chunk is cached as it is done, and progress told.
-EMBED_CHUNK = 512
+#: Analogy queries matched (and their picks handed on) at a time: a few seconds of MiniLM on
+#: two cores, so progress moves well within the 10 s between progress lines.
+QUERY_BATCH = 256
+#: Texts embedded at a time: each chunk is cached as it is done, and progress told. The
+#: texts are embedded shortest first, so a small chunk pads as little as a large one
+#: (benchmarks: embedding, chunks).
+EMBED_CHUNK = 128
 
 #: tell(step, done, total): how far a long step has got (e.g. "embedding", 512, 20000)
 Tell = Callable[[str, int, int], None]
 
 
-def _embedded(embed: Embedder, texts: Sequence[str], step: str, tell: Tell | None) -> np.ndarray:
-    """The texts' vectors, EMBED_CHUNK at a time (each chunk cached as it is done); told
-    at 0 first, since the model's loading comes before the first chunk."""
-    parts = []
+def _embedded(
+    embed: Embedder, texts: Sequence[str], step: str, tell: Tell | None, into: list[np.ndarray]
+) -> Iterator[None]:
+    """The texts' vectors, in the texts' order, appended to `into` as one array once all are
+    done; computed EMBED_CHUNK at a time, shortest texts first (each chunk cached as it is
+    done), yielding after each chunk; told at 0 first, since the model's loading comes
+    before the first chunk."""
     if tell is not None and texts:
         tell(step, 0, len(texts))
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    vectors: np.ndarray | None = None
     for start in range(0, len(texts), EMBED_CHUNK):
-        parts.append(np.asarray(embed(texts[start : start + EMBED_CHUNK]), dtype=np.float32))
+        rows = order[start : start + EMBED_CHUNK]
+        chunk = np.asarray(embed([texts[i] for i in rows]), dtype=np.float32)
+        if vectors is None:
+            vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
+        vectors[rows] = chunk
         if tell is not None:
             tell(step, min(start + EMBED_CHUNK, len(texts)), len(texts))
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        yield
+    if vectors is not None:
+        into.append(vectors)
 
 
 def similar_batches(
@@ -210,15 +224,19 @@ def similar_batches(
 ) -> Iterator[dict[str, Match | None]]:
     """pick_similar a batch of queries at a time, as each batch is matched: first the pool's
     candidates of the queries' domains are embedded (every one: a query's partner is the best
-    of all of them), then each batch of queries is embedded and matched (top_partners), and
-    its picks yielded. A pick is the same whatever the batches: batching decides when a
-    partner is found, never which. `batch`: QUERY_BATCH queries by default."""
+    of all of them), an empty batch yielded after each EMBED_CHUNK (the caller may stop
+    there); then each batch of queries is embedded and matched (top_partners), and its picks
+    yielded, shortest questions first. A pick is the same whatever the batches: batching
+    decides when a partner is found, never which. `batch`: QUERY_BATCH queries by default."""
     if not queries:
         return
     query_ids = {q.id for q in queries}
     domains = {q.domain for q in queries}
     candidates = [s for s in pool if s.id not in query_ids and s.domain in domains]
-    cv = _embedded(embed, [c.question for c in candidates], "embedding the pool", tell)
+    texts, embedded = [c.question for c in candidates], []
+    for _ in _embedded(embed, texts, "embedding the pool", tell, embedded):
+        yield {}
+    cv = embedded[0] if embedded else np.zeros((0, 0), dtype=np.float32)
     by_domain: dict[str, list[int]] = {}
     for j, c in enumerate(candidates):
         by_domain.setdefault(c.domain, []).append(j)
@@ -226,6 +244,7 @@ def similar_batches(
     domain_vectors = {d: cv[ix] for d, ix in domain_idx.items()}
     done = 0
     batch = batch or QUERY_BATCH
+    queries = sorted(queries, key=lambda q: len(q.question))  # less padding (_embedded)
     for start in range(0, len(queries), batch):
         part = queries[start : start + batch]
         qv = np.asarray(embed([q.question for q in part]), dtype=np.float32)

@@ -63,6 +63,7 @@ class Figures:
     cost_usd: float | None = None  # None: no role of the run has a price
     eta_s: float | None = None  # None until a seed is done
     steps: tuple[tuple[str, int, int], ...] = ()  # long steps under way: name, done, total
+    waiting: int = 0  # analogy seeds whose partner is still being looked for (not in total)
 
     def step_text(self) -> str:
         """The steps under way, e.g. `embedding the pool 4,096/20,000; reading rows 30,000`
@@ -79,7 +80,10 @@ class Figures:
         alone before any seed is simulated."""
         if not self.total and self.steps:
             return self.step_text()
-        parts = [f"seeds {self.done}/{self.total}", f"accepted {self.accepted}"]
+        seeds = f"seeds {self.done}/{self.total}"
+        if self.waiting:
+            seeds += f" (+{self.waiting:,} waiting for partners)"
+        parts = [seeds, f"accepted {self.accepted}"]
         parts.append(f"rejected {self.rejected}")
         if self.failed:
             parts.append(f"failed {self.failed}")
@@ -115,6 +119,7 @@ class Progress:
         self.counts = {"accepted": 0, "rejected": 0, "failed": 0, "unfinished": 0}
         self.started: float | None = None  # when the first seeds were added
         self.steps: dict[str, tuple[int, int]] = {}  # long steps under way, in start order
+        self.waiting = 0
         self._lock = threading.Lock()
 
     def step(self, name: str, done: int, total: int = 0) -> None:
@@ -128,10 +133,14 @@ class Progress:
                 self.steps[name] = (done, total)
         self._changed()
 
-    def add(self, seeds: int) -> None:
-        """More seeds to simulate (the run's first round, or a further one)."""
+    def add(self, seeds: int, waiting: int | None = None) -> None:
+        """More seeds to simulate (the run's first round, a batch of analogy jobs, a further
+        round); `waiting`, when given: the analogy seeds still waiting for a partner, which
+        the ETA counts as to come."""
         with self._lock:
             self.total += seeds
+            if waiting is not None:
+                self.waiting = waiting
             if self.started is None:
                 self.started = self.clock()
         self._changed()
@@ -167,7 +176,7 @@ class Progress:
             eta = None
             if self.done and self.started is not None:
                 elapsed = self.clock() - self.started
-                eta = elapsed / self.done * max(self.total - self.done, 0)
+                eta = elapsed / self.done * max(self.total + self.waiting - self.done, 0)
             return Figures(
                 done=self.done,
                 total=self.total,
@@ -178,6 +187,7 @@ class Progress:
                 cost_usd=cost,
                 eta_s=eta,
                 steps=tuple((name, d, t) for name, (d, t) in self.steps.items()),
+                waiting=self.waiting,
             )
 
     def line(self) -> str:

@@ -5,14 +5,14 @@ flow runs shards as Prefect tasks (threads, or Dask workers for scale-out)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows.core.config import MasterConfig
 from flows.core.records import Reject
-from flows.planning.jobs import ROLES_BY_SCENARIO, Job, judging
+from flows.planning.jobs import ROLES_BY_SCENARIO, Job, Later, judging
 from flows.publish.collect import UNFINISHED, Collected
 from flows.quality.verification import averify_outcome, verdict_book, verify_outcomes
 from flows.simulation.dialogue_cache import DialogueStore
@@ -131,7 +131,7 @@ def _shard(
     emit: Callable[[int, Outcome], None],
     progress: Progress | None = None,
     on_waiting: Callable[[], object] | None = None,
-    later: Iterator[list[Job]] | None = None,
+    later: Later | None = None,
 ) -> dict[str, dict[str, ReplicaStats]]:
     """Simulate and verify one shard of jobs, with its own programs and cache handle;
     emit(job index, outcome) as each outcome is final, and count it in `progress`. Each
@@ -147,13 +147,13 @@ def _shard(
     finished = 0
     total = len(jobs)
     if progress is not None:
-        progress.add(len(jobs))
+        progress.add(len(jobs), waiting=len(later.unplanned) if later is not None else None)
 
     def joined(batch: list[Job]) -> None:
         nonlocal total
         total += len(batch)
-        if progress is not None:
-            progress.add(len(batch))
+        if progress is not None and later is not None:
+            progress.add(len(batch), waiting=len(later.unplanned))
 
     async def verify(outcome: Outcome) -> None:
         await averify_outcome(outcome, cfg, judge, verdicts)
@@ -216,7 +216,7 @@ def collect_shard(
     collected: Collected,
     progress: Progress | None = None,
     on_waiting: Callable[[], object] | None = None,
-    later: Iterator[list[Job]] | None = None,
+    later: Later | None = None,
 ) -> Collected:
     """A shard taken into `collected` as its dialogues finish: nothing of a finished dialogue
     stays in memory but its traces (flows/publish/collect.py). `later`: see simulate.stream."""
@@ -234,7 +234,7 @@ def simulate_jobs(
     spill: Path,
     progress: Progress | None = None,
     on_waiting: Callable[[], object] | None = None,
-    later: Iterator[list[Job]] | None = None,
+    later: Later | None = None,
 ) -> Collected:
     """Every job as one shard in this process, under the run's budget (`master run`); the
     jobs are added to `progress` and counted in it as they finish. `on_waiting`, `later`

@@ -24,7 +24,7 @@ import dspy
 from flows.core.config import MasterConfig, Scenario
 from flows.core.formats import to_messages, to_sharegpt
 from flows.core.records import Dialogue, Reject
-from flows.planning.jobs import Job
+from flows.planning.jobs import Job, Later
 from flows.simulation.dialogue_cache import DialogueStore, dialogue_key, replayed_calls
 from modules.lm.budget import BUDGET_SPENT
 from modules.lm.call_cache import CallRecord, dialogue_slot, ledger
@@ -308,7 +308,7 @@ def stream(
     after: Callable[[Outcome], Awaitable[None]] | None = None,
     after_hits: Callable[[list[Outcome]], None] | None = None,
     on_waiting: Callable[[], object] | None = None,
-    later: Iterator[list[Job]] | None = None,
+    later: Later | None = None,
     on_later: Callable[[list[Job]], None] | None = None,
 ) -> None:
     """Run every job with up to run.concurrency dialogues in flight; emit(job index, outcome)
@@ -326,7 +326,9 @@ def stream(
     batch joins the queue as it comes (`on_later` sees it first), numbered after `jobs`; its
     cached dialogues are verified by `after` in a task each. The stream ends once `later` is
     exhausted and every job is final; an error raised by `later` stops the run and is
-    raised here."""
+    raised here. When the breaker trips, `later` is stopped at its next batch (Later.stop)
+    and the jobs it still owed are reported not started, without waiting for their
+    partners."""
     versions = {name: program_version(p) for name, p in programs.items()}
     stamps = Stamps(cfg)
     todo: list[tuple[int, Job, str | None]] = []
@@ -406,6 +408,8 @@ def stream(
             outcome = await asimulate_one(job, programs, cfg, versions, dialogues, key, stamps)
             outcome.key = key
             breaker.record(outcome)
+            if breaker.tripped:
+                halt.set()  # the partner search stops at its next batch
             if after is not None:
                 await after(outcome)
             emit(index, outcome)
@@ -417,6 +421,9 @@ def stream(
         queued = False
         for job in batch:
             index, numbered = numbered, numbered + 1
+            if breaker.tripped:  # not started, nor looked up (a stopped search's job has
+                emit(index, not_started(job, breaker.reason()))  # no partner)
+                continue
             key = key_of(job)
             outcome = cached(job, key)
             if outcome is None:
@@ -447,7 +454,12 @@ def stream(
             for batch in later or ():
                 if halt.is_set():
                     break
-                call(arrive, batch)
+                if batch:  # (an empty batch: a step of the search done)
+                    call(arrive, batch)
+            if halt.is_set() and later is not None:
+                rest = later.stop()
+                if rest:
+                    call(arrive, rest)
         except BaseException as exc:  # noqa: BLE001 - raised by stream() on the loop's side
             error = exc
         call(fed, error)

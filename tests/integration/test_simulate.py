@@ -6,6 +6,7 @@ import asyncio
 import gc
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import dspy
 
 from flows.core.config import load_config
 from flows.core.records import Seed
-from flows.planning.jobs import Job
+from flows.planning.jobs import Job, Later
 from flows.simulation.simulate import Outcome, stream
 
 
@@ -176,14 +177,16 @@ def test_later_jobs_join_while_the_ready_ones_run() -> None:
     def emit(index: int, outcome: Outcome) -> None:
         emitted[index] = outcome.job.seed.question
 
-    stream(_jobs(), programs, cfg, emit, later=later(), on_later=lambda b: joined.append(len(b)))  # type: ignore[arg-type]
+    stream(
+        _jobs(), programs, cfg, emit, later=Later(later()), on_later=lambda b: joined.append(len(b))
+    )  # type: ignore[arg-type]
     assert joined == [3, 2]
     assert emitted == {**{i: f"q{i}" for i in range(6)}, **{6 + i: f"a{i}" for i in range(5)}}
     assert started[0].startswith("q") and sorted(started) == sorted(emitted.values())
     # nothing ready at once: the run waits for the batches
     emitted.clear()
     stub.first.set()
-    stream([], programs, cfg, emit, later=iter([_analogy(2, 0)]))  # type: ignore[arg-type]
+    stream([], programs, cfg, emit, later=Later(iter([_analogy(2, 0)])))  # type: ignore[arg-type]
     assert emitted == {0: "a0", 1: "a1"}
 
 
@@ -199,9 +202,53 @@ def test_a_failure_of_the_later_jobs_stops_the_run_and_is_raised() -> None:
     jobs = [Job(seed=Seed.create("s", "math", f"q{i}", "r"), scenario="debate") for i in range(50)]
     emitted: list[int] = []
     try:
-        stream(jobs, programs, cfg, lambda i, _: emitted.append(i), later=later())  # type: ignore[arg-type]
+        stream(jobs, programs, cfg, lambda i, _: emitted.append(i), later=Later(later()))  # type: ignore[arg-type]
     except OSError as exc:
         assert "model is missing" in str(exc)
     else:
         raise AssertionError("the failure was not raised")
     assert len(emitted) < 50  # stopped, not run to the end
+
+
+class Down(Stub):
+    """A scenario program whose endpoint is down: every dialogue fails."""
+
+    async def aforward(self, question: str, reference: str, **knobs: Any) -> dspy.Prediction:
+        self.started.append(question)
+        raise ConnectionError("the endpoint refused the connection")
+
+
+def test_a_tripped_breaker_stops_the_partner_search_and_its_seeds_are_not_started() -> None:
+    """The search would go on for ever (a huge pool): once the breaker trips it is stopped at
+    its next step, and the analogy seeds still waiting are reported not started, with the
+    breaker's reason, instead of the run waiting for partners it would never use."""
+    env = {"MASTER__RUN__CONCURRENCY": "1", "MASTER__RUN__BREAKER_FAILURES": "3"}
+    cfg = load_config(None, environ=env)
+    started: list[str] = []
+    programs = {name: Down(started) for name in ("error_correction", "debate", "analogy")}
+    waiting = [Seed.create("s", "math", f"a{i}", "r") for i in range(4)]
+    search_closed = threading.Event()
+
+    def search() -> Any:
+        try:
+            while True:  # a chunk of the pool embedded, and another, ...
+                time.sleep(0.005)
+                yield []
+        finally:
+            search_closed.set()
+
+    later = Later(search(), {seed.id: seed for seed in waiting})
+    jobs = [Job(seed=Seed.create("s", "math", f"q{i}", "r"), scenario="debate") for i in range(6)]
+    outcomes: dict[int, Outcome] = {}
+    done = threading.Thread(target=stream, args=(jobs, programs, cfg, outcomes.__setitem__),
+                            kwargs={"later": later}, daemon=True)  # fmt: skip
+    done.start()
+    done.join(20)
+    assert not done.is_alive(), "the run waited for the partner search"
+    assert search_closed.is_set() and later.unplanned == {}
+    stages = {o.job.seed.question: o.reject.stage for o in outcomes.values() if o.reject}
+    assert sorted(started) == ["q0", "q1", "q2"]  # three failures trip it; no more starts
+    assert [stages[f"q{i}"] for i in range(6)] == ["simulate"] * 3 + ["breaker"] * 3
+    assert [stages[f"a{i}"] for i in range(4)] == ["breaker"] * 4
+    reasons = {o.reject.reason for o in outcomes.values() if o.reject.stage == "breaker"}  # type: ignore[union-attr]
+    assert len(reasons) == 1 and "3 dialogues failed in a row" in reasons.pop()

@@ -110,6 +110,60 @@ def test_a_run_that_fails_its_gates_ends_failed_with_one_line_and_keeps_the_last
     assert summary["gates"]["forced"] and summary["previous_version"] == good["version"]
 
 
+def test_a_tripped_breaker_in_the_flow_stops_the_partner_search(
+    flow_server: None,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The endpoint is down and the partner search would go on for ever: once a shard's
+    breaker trips, the flow stops the search and reports the analogy seeds still waiting as
+    not started; the run ends Failed with every seed accounted for."""
+    import threading
+    import time
+
+    import polars as pl
+
+    import flows.planning.retrieval as retrieval
+    from conftest import latest_attempt
+    from flows.augment import augment
+    from flows.core.config import load_config
+    from flows.planning.assign import assign_scenario
+
+    closed = threading.Event()
+
+    def endless(*args: object, **kwargs: object) -> Iterator[object]:
+        deadline = time.monotonic() + 60  # a test that fails, not one that hangs
+        try:
+            while time.monotonic() < deadline:  # one more chunk of a huge pool embedded
+                time.sleep(0.01)
+                yield {}
+        except GeneratorExit:
+            closed.set()  # stopped by the run
+            raise
+
+    monkeypatch.setattr(retrieval, "similar_batches", endless)
+    with FakeLLMServer(status_override=503) as down:
+        config = write_config(
+            role_lms(down.base_url), sample=12, run={"shard_size": 2, "breaker_failures": 1}
+        )
+        state = augment(config_path=str(config), out=str(tmp_path / "out"), return_state=True)
+    assert state.is_failed() and closed.is_set()
+    attempt = latest_attempt(tmp_path / "out")
+    summary = json.loads((attempt / "summary.json").read_text())
+    assert summary["breaker"]["tripped"]
+    assert summary["quality"]["failed"] + summary["breaker"]["not_started"] == 12
+    rejects = pl.read_parquet(attempt / "rejects.parquet")
+    proportions = load_config(config).scenarios.proportions
+    owed = rejects.filter(
+        pl.col("seed_id").map_elements(
+            lambda seed_id: assign_scenario(seed_id, proportions) == "analogy",
+            return_dtype=pl.Boolean,
+        )
+    )
+    assert owed.height >= 1 and set(owed["stage"]) == {"breaker"}  # never looked for
+
+
 def test_the_augment_flow_runs_a_saved_program_version(
     flow_server: None,
     fake_llm: FakeLLMServer,

@@ -77,6 +77,16 @@ def test_partners_are_the_same_whatever_the_batches_and_the_order(tmp_path: Path
     pool += _seeds(40, "code", start=5000) + queries
     whole = pick_similar(queries, pool, hashing_embedder, top_k=5)
     assert all(m is not None and m.seed.domain == "math" for m in whole.values())
+    # the reference: every vector computed on its own, one pass per query, the same draw
+    ids = {q.id for q in queries}
+    candidates = [s for s in pool if s.domain == "math" and s.id not in ids]
+    cv = np.stack([hashing_embedder([c.question])[0] for c in candidates])
+    qv = np.stack([hashing_embedder([q.question])[0] for q in queries])
+    for query, q in zip(queries, qv, strict=True):
+        scores = retrieval.exact_scores(cv, q)
+        valid = np.flatnonzero(scores < NEAR_DUPLICATE)
+        top = valid[np.lexsort((valid, -scores[valid]))][:5].tolist()
+        assert whole[query.id].seed is candidates[random.Random(query.id).choice(top)]  # type: ignore[union-attr]
     told: list[tuple[str, int, int]] = []
 
     def tell(*step: object) -> None:
@@ -88,13 +98,17 @@ def test_partners_are_the_same_whatever_the_batches_and_the_order(tmp_path: Path
         picks: dict = {}
         sizes: list[int] = []
         for part in similar_batches(shuffled, pool, hashing_embedder, 5, tell, batch=batch):
+            if not part:  # a chunk of the pool embedded
+                assert told[-1][0] == "embedding the pool"
+                continue
             assert told[-1] == ("matching partners", sum(sizes) + len(part), len(queries))
             sizes.append(len(part))
             picks.update(part)
         assert sizes[:-1] == [batch] * (len(sizes) - 1) and sum(sizes) == len(queries)
         assert picks == whole
-        # the math pool only, in one chunk
-        assert told[:2] == [("embedding the pool", 0, 300), ("embedding the pool", 300, 300)]
+        # the math pool only, EMBED_CHUNK at a time
+        pool_told = [("embedding the pool", n, 300) for n in (0, 128, 256, 300)]
+        assert told[:4] == pool_told
 
 
 def _loaded(seeds: list[Seed]) -> LoadResult:
@@ -139,6 +153,31 @@ def test_the_other_jobs_are_ready_before_any_retrieval_and_analogy_jobs_follow(
     assert {j.seed.id: j for j in jobs} == {j.seed.id: j for j in [*plan.ready, *later]}
     planned = {j.seed.id for j in jobs}
     assert [j.seed.id for j in jobs] == [s.id for s in loaded.seeds if s.id in planned]
+
+
+def test_the_search_pauses_after_each_chunk_of_the_pool_and_stopped_owes_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later: an empty batch after each chunk of the pool embedded (where a stopping run can
+    stop it); stop() closes the search and hands back the seeds still waiting, with no
+    partner, and nothing more is embedded."""
+    monkeypatch.setattr(retrieval, "EMBED_CHUNK", 50)
+    embed = Counting()
+    plan = plan_stream(_loaded(_seeds(300)), _cfg(tmp_path), embed)
+    assert plan.later is not None
+    waiting = set(plan.later.unplanned)
+    assert len(waiting) == plan.waiting
+    assert next(plan.later) == [] and len(embed.texts) == 50  # one chunk, then a pause
+    assert next(plan.later) == [] and len(embed.texts) == 100
+    rest = plan.later.stop()
+    assert {j.seed.id for j in rest} == waiting and all(j.similar is None for j in rest)
+    assert plan.later.unplanned == {} and list(plan.later) == [] and len(embed.texts) == 100
+    # run to the end, every seed leaves `unplanned` as its job or reject is handed on
+    again = plan_stream(_loaded(_seeds(300)), _cfg(tmp_path / "again"), embed)
+    assert again.later is not None
+    jobs = [job for batch in again.later for job in batch]
+    assert again.later.unplanned == {} and again.later.stop() == []
+    assert {j.seed.id for j in jobs} | {r.seed_id for r in again.rejects} == waiting
 
 
 def test_remembered_partners_come_first_and_stay_as_they_are(tmp_path: Path) -> None:

@@ -222,3 +222,20 @@ def test_the_flows_stages_log_their_long_steps(monkeypatch: pytest.MonkeyPatch) 
     progress.step("embedding the pool", 0, 1000)  # the clock starts
     progress.step("embedding the pool", 512, 1000)
     assert logged == ["embedding the pool 512/1,000"]
+
+
+def test_seeds_waiting_for_analogy_partners_are_shown_and_counted_in_the_eta() -> None:
+    """The ready seeds all done while the partner search goes on is not 'eta 0s'."""
+    clock = Clock()
+    progress = Progress(clock=clock)
+    progress.add(4, waiting=6)
+    clock.now += 10
+    for _ in range(4):
+        progress.record(outcome())
+    figures = progress.figures()
+    assert figures.eta_s == pytest.approx(15.0)  # 2.5 s a seed, 6 to come
+    assert figures.line().startswith("seeds 4/4 (+6 waiting for partners), accepted 4,")
+    progress.add(5, waiting=0)  # a batch found, one seed left without a partner
+    assert progress.figures().line().startswith("seeds 4/9, accepted 4,")
+    progress.add(1)  # a further round: the waiting count is left as it is
+    assert progress.figures().total == 10 and progress.figures().waiting == 0
