@@ -103,8 +103,9 @@ def _run(
 ) -> dict[str, Any]:
     from conftest import hashing_embedder
     from flows.core.config import load_config
-    from flows.runs.pipeline import Stages, drive
+    from flows.runs.pipeline import drive
     from flows.runs.shards import simulate_jobs
+    from flows.runs.stages import Stages
 
     servers = [Replica(capacity, latency_ms) for _ in range(replicas)]
     span: dict[str, float] = {}

@@ -159,7 +159,8 @@ def _timed_run(seeds: int, latency: float, concurrency: int, extra: tuple[str, .
     import resource
 
     from conftest import hashing_embedder
-    from flows.runs.pipeline import Stages, drive, simulate_stage
+    from flows.runs.pipeline import drive
+    from flows.runs.stages import Stages, simulate_stage
 
     def children() -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -698,16 +699,16 @@ def measure_scale(config: str, out: str) -> int:
 
     from flows.cli import _setup_logging, showing
     from flows.planning.jobs import plan_stream
-    from flows.runs.pipeline import (
+    from flows.runs.pipeline import drive
+    from flows.runs.progress import Progress
+    from flows.runs.stages import (
         Stages,
-        drive,
         load_more_stage,
         load_stage,
         publish,
         replay_run,
         simulate_stage,
     )
-    from flows.runs.progress import Progress
 
     start = time.monotonic()
     spans: dict[str, list[float]] = {}

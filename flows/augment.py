@@ -1,6 +1,6 @@
 """The augment flow: the main job as Prefect tasks, for deployments and schedules.
 
-The steps are the same functions `master run` calls (flows/runs/pipeline.py); this file only
+The steps are the same functions `master run` calls (flows/runs/stages.py); this file only
 wires them as tasks, splits simulation into shards (never one task per seed), and publishes the
 report and summary as artifacts. Prefect's own task caching is off: it hashes inputs with
 cloudpickle and is per flow run, while our content-addressed LM cache already makes reruns
@@ -40,10 +40,11 @@ from flows.ingest.seeds import LoadResult
 from flows.planning.jobs import Job, Later, Plan, plan_stream
 from flows.publish.collect import Collected
 from flows.publish.versions import Release
-from flows.runs.pipeline import Stages, drive, load_stage, publish, replay_run, with_overrides
+from flows.runs.pipeline import drive, with_overrides
 from flows.runs.prewarm import prewarm
 from flows.runs.progress import Progress, ProgressLines, run_prices
 from flows.runs.shards import ShardResult, new_budget, run_shard
+from flows.runs.stages import Stages, load_stage, publish, replay_run
 from flows.simulation.simulate import STOP, Breaker, not_started
 from modules.lm.budget import CallBudget
 from modules.runtime import setup

@@ -25,7 +25,7 @@ from flows.publish.collect import Collected
 from flows.publish.spill import SPILL_PREFIX
 
 if TYPE_CHECKING:
-    from flows.runs.pipeline import Stages
+    from flows.runs.stages import Stages
 
 log = logging.getLogger("master")
 

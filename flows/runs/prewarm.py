@@ -3,7 +3,7 @@ network, so publishing finds them loaded (benchmarks/decisions.md, cold start).
 
 A runtime choice of the simulate stage, not an import side effect: `master run`'s simulation
 calls `prewarm()` once its first dialogues have made their first calls
-(flows/runs/pipeline.py:simulate_stage), the augment flow when it submits its shards; a replay
+(flows/runs/stages.py:simulate_stage), the augment flow when it submits its shards; a replay
 never does. It cannot change a run's outcome: an import that fails here is logged at DEBUG
 and left to publish, which imports the module again where it uses it (and reports the error
 there); a module still being imported when publish needs it makes publish wait under

@@ -18,8 +18,8 @@ import datasets
 import polars as pl
 import pytest
 
-import flows.runs.pipeline
 import flows.runs.prewarm
+import flows.runs.stages
 from conftest import PROJECT, role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
@@ -98,7 +98,7 @@ def test_a_run_whose_publish_prewarm_fails_still_writes_every_output(
         threads.append(flows.runs.prewarm.prewarm(modules))
         return threads[-1]
 
-    monkeypatch.setattr(flows.runs.pipeline, "prewarm", started)
+    monkeypatch.setattr(flows.runs.stages, "prewarm", started)
     uncaught: list = []
     monkeypatch.setattr(threading, "excepthook", uncaught.append)
     result = _run(write_config(role_lms(fake_llm.base_url), sample=6), embedder, tmp_path / "out")
@@ -298,7 +298,7 @@ def test_every_long_step_of_a_run_is_told_and_analogy_jobs_join_as_they_are_matc
     monkeypatch.setattr(flows.ingest.dedupe, "TELL_EVERY", 5)
     monkeypatch.setattr(flows.planning.retrieval, "EMBED_CHUNK", 4)
     monkeypatch.setattr(flows.planning.retrieval, "QUERY_BATCH", 2)
-    monkeypatch.setattr(flows.runs.pipeline, "PUBLISH_TELL_EVERY", 3)
+    monkeypatch.setattr(flows.runs.stages, "PUBLISH_TELL_EVERY", 3)
     config = write_config(role_lms(fake_llm.base_url), sample=24)
     seen: list[Figures] = []
     progress = Progress(watch=lambda p: seen.append(p.figures()))

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 import flows.ingest.seeds
-import flows.runs.pipeline
 import flows.runs.run_cache
+import flows.runs.stages
 from conftest import PROJECT, role_lms, run_cli
 from fake_llm import FakeLLMServer
 from flows.core.config import load_config
@@ -67,9 +67,9 @@ def test_an_unchanged_rerun_restores_the_outputs_without_loading_anything(
     config: Path, fake_llm: FakeLLMServer, embedder, tmp_path: Path, monkeypatch
 ) -> None:
     prewarmed: list[object] = []  # the publish imports' head start: only for a simulation
-    prewarm = flows.runs.pipeline.prewarm
+    prewarm = flows.runs.stages.prewarm
     monkeypatch.setattr(
-        flows.runs.pipeline, "prewarm", lambda: prewarmed.append(prewarm()) or prewarmed[-1]
+        flows.runs.stages, "prewarm", lambda: prewarmed.append(prewarm()) or prewarmed[-1]
     )
     first = _run(config, embedder, tmp_path / "first")
     assert first["run_cache"] == "stored" and first["lm"]["calls"] > 0

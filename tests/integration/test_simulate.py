@@ -61,7 +61,7 @@ def test_the_longest_dialogues_start_first_and_outcomes_keep_job_order(tmp_path:
 
 
 def test_on_waiting_is_called_once_when_the_first_dialogues_wait_on_their_first_calls() -> None:
-    """The prewarm's trigger (flows/runs/pipeline.py:simulate_stage): after every slot has
+    """The prewarm's trigger (flows/runs/stages.py:simulate_stage): after every slot has
     started its first dialogue and before any has finished; never for a run with nothing to
     simulate."""
     cfg = load_config(None, environ={"MASTER__RUN__CONCURRENCY": "3"})
