@@ -697,7 +697,7 @@ def measure_scale(config: str, out: str) -> int:
     import functools
     import resource
 
-    from flows.cli import _setup_logging, showing
+    from flows.commands.terminal import setup_logging, showing
     from flows.planning.jobs import plan_stream
     from flows.runs.pipeline import drive
     from flows.runs.progress import Progress
@@ -740,7 +740,7 @@ def measure_scale(config: str, out: str) -> int:
         simulate=timed("simulate", functools.partial(simulate_stage, progress=progress)),
         publish=timed("publish", functools.partial(publish, progress=progress)),
     )
-    _setup_logging(verbose=False)  # what `master run` shows off a terminal, on stderr
+    setup_logging(verbose=False)  # what `master run` shows off a terminal, on stderr
     with showing(progress, terminal=False):
         result = drive(load_config(config, environ={}), Path(out), stages=stages)
     wall = time.monotonic() - start

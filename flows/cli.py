@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import gc
-import logging
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from flows.commands.terminal import setup_logging, showing
 from flows.core.config import ConfigError, MasterConfig, load_config
 from modules.runtime import setup
 
@@ -24,10 +22,8 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_STOPPED = 3  # the circuit breaker stopped the run; not published unless --force
 EXIT_GATES = 4  # the run failed a publish gate: the previous version stays published
-PROGRESS_EVERY_S = 10.0  # off a terminal, a progress line at most this often
 
 if TYPE_CHECKING:
-    from flows.runs.progress import Progress
     from modules.lm.settings import LMSettings
 
 DESCRIPTION = """\
@@ -230,31 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Stderr:
-    """sys.stderr as it is when a line is written: while the live bar runs, rich stands in
-    for it and prints log lines above the bar instead of through it."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def _setup_logging(verbose: bool) -> None:
-    """Warnings, and our own INFO lines (the stages); with -v every library's INFO lines and
-    our DEBUG ones (a line per dialogue) too."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=_Stderr(),  # type: ignore[arg-type]
-    )
-    logging.getLogger("master").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "sentence_transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _load(args: argparse.Namespace) -> MasterConfig:
     return load_config(args.config, args.profile)
 
@@ -265,64 +236,6 @@ def _with_sample(cfg: MasterConfig, sample: int | None) -> MasterConfig:
     if sample <= 0:
         raise ConfigError("--sample: must be a positive number of seeds")
     return cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"sample": sample})})
-
-
-def _progress_line(progress: Progress) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {progress.line()}", file=sys.stderr, flush=True)
-
-
-class ProgressBar:
-    """Progress on a terminal: one live bar (rich, which comes with Prefect) with every figure
-    of the progress line, redrawn a few times a second so the ETA keeps moving."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-
-    def __rich__(self) -> Any:
-        from rich.progress_bar import ProgressBar as Bar
-        from rich.table import Table
-
-        f = self.progress.figures()
-        grid = Table.grid(padding=(0, 1))
-        total, done = f.total, f.done
-        if not total and f.steps:  # before any seed is simulated, the latest step's own bar
-            _, done, total = f.steps[-1]
-        text = f.line() if f.total or f.steps else "loading and planning"
-        grid.add_row(Bar(total=total or None, completed=done, width=30), text)
-        return grid
-
-
-@contextlib.contextmanager
-def showing(progress: Progress, terminal: bool, console: Any = None) -> Iterator[None]:
-    """Show a run's progress while the body runs: the live bar on a terminal (on `console`,
-    stderr by default), progress lines otherwise."""
-    if terminal:
-        from rich.console import Console
-        from rich.live import Live
-
-        live = Live(
-            ProgressBar(progress),
-            console=console or Console(stderr=True),
-            refresh_per_second=4,
-            # stdout is left alone (it may be piped away from the terminal); the summary
-            # is printed on it once the bar is done
-            redirect_stdout=False,
-        )
-        with live:
-            try:
-                yield
-            finally:  # the last figures stay on screen; a run that simulated nothing leaves none
-                live.transient = not progress.total
-        return
-    from flows.runs.progress import ProgressLines
-
-    lines = ProgressLines(_progress_line, PROGRESS_EVERY_S)
-    progress.watch = lines
-    try:
-        yield
-    finally:
-        if progress.total:
-            lines.write(progress)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -615,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     # `run` leaves DSPy's patches to the pipeline (a replayed run never loads DSPy); the
     # version commands read files only
     setup(dspy=args.command not in ("run", "versions", "diff"))
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         if args.command == "run":
             return cmd_run(args)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flows.cli import _progress_line, showing
+from flows.commands.terminal import progress_line, showing
 from flows.core.records import Reject
 from flows.runs.progress import Figures, Progress, ProgressLines, duration
 from modules.lm.call_cache import CallRecord
@@ -108,7 +108,7 @@ def test_off_a_terminal_a_line_at_most_every_ten_seconds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     clock = Clock()
-    lines = ProgressLines(_progress_line, clock=clock)
+    lines = ProgressLines(progress_line, clock=clock)
     progress = Progress(watch=lines, clock=clock)
     progress.add(100)
     for _ in range(100):  # a seed every 0.25 s: 25 s in all
@@ -179,7 +179,7 @@ def test_off_a_terminal_a_step_alone_writes_a_line_at_most_every_ten_seconds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     clock = Clock()
-    progress = Progress(watch=ProgressLines(_progress_line, clock=clock), clock=clock)
+    progress = Progress(watch=ProgressLines(progress_line, clock=clock), clock=clock)
     for done in range(0, 20_000, 500):  # a chunk every 1 s: 40 s of embedding
         clock.now += 1
         progress.step("embedding the pool", done, 20_000)
@@ -196,7 +196,7 @@ def test_off_a_terminal_a_step_alone_writes_a_line_at_most_every_ten_seconds(
 def test_on_a_terminal_the_bar_follows_the_step_before_any_seed() -> None:
     from rich.console import Console
 
-    from flows.cli import ProgressBar
+    from flows.commands.terminal import ProgressBar
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=200, color_system=None)
