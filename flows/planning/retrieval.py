@@ -18,7 +18,7 @@ import diskcache
 import numpy as np
 
 from flows.core.records import Seed
-from modules.lm.call_cache import SafeBytesDisk, SafeJSONDisk, read_value
+from modules.cache.disks import SafeBytesDisk, SafeJSONDisk, read_value
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 

@@ -21,8 +21,9 @@ from flows.core.config import SCENARIOS, ConfigError
 from flows.planning.retrieval import VECTORS
 from flows.simulation.dialogue_cache import VERDICT
 from flows.simulation.saved_programs import list_versions, load_version
-from modules.lm.call_cache import SafeJSONDisk, prompt_sha
-from modules.lm.canonical import canonical_json
+from modules.cache.canonical import canonical_json
+from modules.cache.disks import SafeJSONDisk
+from modules.lm.call_cache import prompt_sha
 from modules.scenarios.judge import Judge
 from modules.scenarios.registry import build_programs, program_version
 from signatures import JudgeDialogue

@@ -30,7 +30,7 @@ from typing import Any
 from flows.core.code_version import source_fingerprint
 from flows.core.config import DataRef, MasterConfig
 from flows.publish.versions import CONTRACT
-from modules.lm.canonical import canonical_json
+from modules.cache.canonical import canonical_json
 
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"

@@ -19,14 +19,10 @@ import diskcache
 
 from flows.core.code_version import source_fingerprint
 from flows.planning.jobs import ROLES_BY_SCENARIO, Job
-from modules.lm.call_cache import (
-    CallRecord,
-    CallStore,
-    GroupCommit,
-    SafeJSONDisk,
-    seal,
-)
-from modules.lm.canonical import canonical_json
+from modules.cache.canonical import canonical_json
+from modules.cache.disks import SafeJSONDisk, seal
+from modules.cache.group_commit import GroupCommit
+from modules.lm.call_cache import CallRecord, CallStore
 from modules.lm.settings import RoleLMs
 
 DIALOGUE_FORMAT = 2  # 2: values sealed with a checksum

@@ -256,7 +256,7 @@ _settings_runs = 0  # runs in loop_settings now (shards in threads share the pro
 _settings_saved: tuple[tuple[int, int, int], float] = ((700, 10, 10), 0.005)  # the first's
 
 #: The GIL's time slice while dialogues run (Python's default is 5 ms). The cache's writer
-#: threads (modules/lm/call_cache.py GroupCommit) take the GIL whenever the loop lets go of it
+#: threads (modules/cache/group_commit.py) take the GIL whenever the loop lets go of it
 #: (every socket and SQLite call), and the loop waits up to a whole slice to get it back,
 #: with every response it has to hand on queued behind it (benchmarks: throughput).
 SWITCH_INTERVAL_S = 0.0005

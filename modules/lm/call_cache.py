@@ -12,25 +12,22 @@ call: DSPy's engine contract gives an engine the request only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import hashlib
 import json
-import logging
-import threading
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import diskcache
-import orjson
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
-from modules.lm.canonical import canonical_json, orjson_exact
+from modules.cache.canonical import canonical_json
+from modules.cache.disks import SafeJSONDisk, read_value, seal
+from modules.cache.group_commit import GroupCommit
 from modules.lm.grammar import header, output_fields
 from modules.lm.settings import EMBEDDED_DECODING
 
@@ -231,205 +228,6 @@ def _key(data: dict[str, Any], slot: int) -> str:
     """call_key from request_fields(request), which the engines reuse for the slot facts."""
     payload = {"v": CACHE_FORMAT, "request": data, "rollout": slot}
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
-
-
-def seal(key: str, body: Any) -> str:
-    """A checksum binding an entry's content to its key: a damaged value, a hand-edited one
-    or one moved under another key no longer matches, and is recomputed instead of trusted."""
-    return hashlib.sha256(f"{key}\x1f{canonical_json(body)}".encode()).hexdigest()[:32]
-
-
-def read_value(cache: diskcache.Cache, key: Any) -> Any:
-    """A cache value, or None if it is missing or unreadable (then it is dropped, so the next
-    write replaces it). Values are JSON (SafeJSONDisk): reading one never runs code."""
-    try:
-        return cache.get(key)
-    except (zlib.error, ValueError, UnicodeDecodeError, OSError):
-        cache.delete(key)
-        return None
-
-
-def read_checked(cache: diskcache.Cache, key: str, field: str) -> dict[str, Any] | None:
-    """A cache value, or None if it is missing, unreadable or fails its checksum."""
-    value = read_value(cache, key)
-    if not isinstance(value, dict) or value.get("check") != seal(key, value.get(field)):
-        return None
-    return value
-
-
-class _RefusesPickles:
-    """Never unpickles anything. diskcache keeps a mode and a raw flag beside each row, and
-    its base Disk unpickles rows marked as pickles: a row edited in the SQLite file (a shared
-    cache folder is writable by others) would run code on read. We never store pickles, so a
-    row claiming to be one is refused as damaged."""
-
-    REFUSED_KEY = "!refused: a key stored as a pickle"
-
-    def get(self, key: Any, raw: bool) -> Any:
-        if not raw:
-            return self.REFUSED_KEY  # listed as unknown, never unpickled
-        return super().get(key, raw)  # type: ignore[misc]
-
-    @staticmethod
-    def _refuse_pickle(mode: int) -> None:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise ValueError("a cache value stored as a pickle: refused")
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        self._refuse_pickle(mode)
-        return super().fetch(mode, filename, value, read)  # type: ignore[misc]
-
-
-class SafeJSONDisk(_RefusesPickles, diskcache.JSONDisk):
-    """JSONDisk (keys and values as compressed JSON) that never unpickles.
-
-    Values are written and read by orjson (the writer thread holds the GIL while it
-    serialises, and the loop waits on it); a value orjson would write differently (NaN, a
-    tuple) is written by json as before, and what orjson cannot read (NaN) is read by json.
-    Keys stay json.dumps' text: they are what a row is looked up by."""
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if read or not orjson_exact(value):
-            return super().store(value, read, key=key)
-        data = zlib.compress(orjson.dumps(value), self.compress_level)
-        return diskcache.Disk.store(self, data, read, key=key)
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        self._refuse_pickle(mode)
-        data = diskcache.Disk.fetch(self, mode, filename, value, read)
-        if read:
-            return data
-        text = zlib.decompress(data)
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return json.loads(text)
-
-
-class SafeBytesDisk(_RefusesPickles, diskcache.Disk):
-    """Text keys and bytes values stored as they are: no JSON, no compression (what an
-    embedding vector needs: it does not compress, and encoding it cost more than the write).
-    Anything else is refused rather than pickled."""
-
-    def put(self, key: Any) -> Any:
-        if not isinstance(key, str):
-            raise TypeError(f"a {type(key).__name__} key: only text keys are stored")
-        return super().put(key)
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if not isinstance(value, bytes) or read:
-            raise TypeError(f"a {type(value).__name__} value: only bytes are stored")
-        return super().store(value, read, key=key)
-
-
-class GroupCommit:
-    """Writes made on an event loop, committed together by a writer thread.
-
-    A transaction per LM call, on the one thread that also drives every dialogue, costs that
-    thread CPU on every call; committing batches on it stalls the loop, which every dialogue
-    waiting on a response pays. Here a write made on a running loop is handed to a
-    writer thread, which commits what has gathered every `delay` seconds in one transaction
-    (SQLite and zlib let go of the GIL while they work); reads see pending writes at once.
-    A write made outside a loop (threads, the CLI) is committed before it returns, as before.
-
-    `close()` commits what is pending, so Ctrl-C and a cancelled flow keep every finished
-    call; a kill -9 loses the writes not yet committed, which the next run recomputes: those
-    of the last `delay` period and of the commit then under way, longer while other threads
-    keep the writer from the GIL (benchmarks/decisions.md). A store is never half-written:
-    each batch is one transaction. `first` are stores committed before this one: a stored
-    dialogue's calls are always on disk before the dialogue is.
-
-    The writer thread only gets the GIL when the loop lets go of it, so a loop that produces
-    writes faster than they commit (a fast endpoint, the CPU saturated) would pile them up,
-    memory growing with the run and a kill losing all of them. At `limit` pending writes the
-    loop commits them itself before going on, which bounds both the memory and what a kill can
-    lose."""
-
-    def __init__(
-        self,
-        cache: diskcache.Cache,
-        first: tuple[GroupCommit, ...] = (),
-        delay: float = 0.1,
-        limit: int = 1000,
-    ) -> None:
-        self.cache, self.first, self.delay, self.limit = cache, first, delay, limit
-        self.pending: dict[str, Any] = {}
-        self.writing: dict[str, Any] = {}
-        self._lock = threading.Lock()  # guards pending and writing
-        self._commit = threading.Lock()  # one batch at a time, in order
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def get(self, key: str) -> Any:
-        """A value not yet committed (None if there is none: then read the cache itself)."""
-        with self._lock:
-            value = self.pending.get(key)
-            return value if value is not None else self.writing.get(key)
-
-    def read_checked(self, key: str, field: str) -> dict[str, Any] | None:
-        """read_checked on the store, a pending value first (this run sealed it)."""
-        pending = self.get(key)
-        return pending if pending is not None else read_checked(self.cache, key, field)
-
-    def set(self, key: str, value: Any) -> None:
-        with self._lock:
-            self.pending[key] = value
-            on_loop = _on_loop()
-            if on_loop and self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="master-cache-writer", daemon=True
-                )
-                self._thread.start()
-            behind = len(self.pending) >= self.limit
-        if not on_loop or behind:
-            self.flush()
-
-    def flush(self) -> None:
-        """Commit everything pending (the stores in `first` before this one)."""
-        for store in self.first:
-            store.flush()
-        with self._commit:
-            with self._lock:
-                if not self.pending:
-                    return
-                batch, self.pending = self.pending, {}
-                self.writing = batch
-            try:
-                with self.cache.transact():
-                    for key, value in batch.items():
-                        self.cache.set(key, value)
-            except BaseException:
-                with self._lock:  # kept for the next attempt; newer values win
-                    self.pending = {**batch, **self.pending}
-                raise
-            finally:
-                with self._lock:
-                    self.writing = {}
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.delay):
-            try:
-                self.flush()
-            except Exception as exc:  # noqa: BLE001 - kept pending; close() raises it
-                logging.getLogger("master").warning("cache write failed, retrying: %s", exc)
-        self.cache.close()  # this thread's own SQLite connection
-
-    def close(self) -> None:
-        """Stop the writer thread and commit what is left."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self._stop.clear()
-        self.flush()
-
-
-def _on_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class CallStore:

@@ -411,6 +411,6 @@ def test_writes_piling_up_on_the_loop_are_committed_by_the_loop(tmp_path: Path) 
 
 
 def calls_value_sealed(key: str, value: dict) -> dict:
-    from modules.lm.call_cache import seal
+    from modules.cache.disks import seal
 
     return {**value, "check": seal(key, value["response"])}

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from dspy.lm15 import Config, Message, Request
 
-from modules.lm.call_cache import CACHE_FORMAT, SafeJSONDisk, call_key, request_fields
-from modules.lm.canonical import canonical_json, orjson_exact
+from modules.cache.canonical import canonical_json, orjson_exact
+from modules.cache.disks import SafeJSONDisk
+from modules.lm.call_cache import CACHE_FORMAT, call_key, request_fields
 from modules.lm.settings import EMBEDDED_DECODING, EMBEDDED_MODEL, LMSettings
 
 
