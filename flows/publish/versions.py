@@ -283,6 +283,7 @@ class Release:
     staged: Path
     previous: Version | None
 
-    def new_id(self) -> str:
-        """A free version id for the staged outputs (their dataset.parquet written)."""
-        return self.folder.unique(version_id(content_digest(self.staged)))
+    def new_id(self, digest: str | None = None) -> str:
+        """A free version id for the staged outputs (their dataset.parquet written), whose
+        content_digest the caller may already hold."""
+        return self.folder.unique(version_id(digest or content_digest(self.staged)))

@@ -161,10 +161,9 @@ def versioned(cfg: MasterConfig, release: Release, summary: dict[str, Any]) -> d
     previous = release.previous
     before = previous.summary if previous else None
     by_scenario = summary["rows"].get("by_scenario")
+    digest = content_digest(release.staged)  # read once: the staged rows may be large
     if (
-        previous
-        and by_scenario is not None
-        and (content_digest(previous.path) == content_digest(release.staged))
+        previous and by_scenario is not None and content_digest(previous.path) == digest
     ):  # the same rows again (a replay): no row is read, nor pyarrow imported
         changes = unchanged_block(previous.id, by_scenario, before, summary)
     else:
@@ -174,7 +173,7 @@ def versioned(cfg: MasterConfig, release: Release, summary: dict[str, Any]) -> d
         )
         changes = changes_block(previous.id if previous else None, kinds, before, summary)
     return {
-        "version": release.new_id(),
+        "version": release.new_id(digest),
         "previous_version": previous.id if previous else None,
         "changes": changes,
         "gates": check_gates(summary, before, cfg.publish.gates, cfg.publish.force),
