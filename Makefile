@@ -87,6 +87,7 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 bench: install bytecode
+	$(PIP) install -q -e '.[test,bench]'
 	$(PY) benchmarks/run.py
 
 clean:

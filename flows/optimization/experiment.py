@@ -27,7 +27,8 @@ from flows.ingest.seeds import load_seeds
 from flows.optimization.metrics import example_checks, make_metric, score_checks
 from flows.planning.assign import debate_rounds
 from flows.planning.jobs import ROLES_BY_SCENARIO, Job
-from flows.planning.retrieval import Embedder, cached_embedder, minilm_embedder, pick_similar
+from flows.planning.minilm import minilm_embedder
+from flows.planning.retrieval import Embedder, cached_embedder, pick_similar
 from flows.quality.checks import pass_rates
 from flows.simulation.saved_programs import (
     BASELINE,

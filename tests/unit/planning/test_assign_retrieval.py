@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PROJECT, hashing_embedder
+from conftest import PROJECT, SHARED_DATA, hashing_embedder
 from flows.core.records import Seed
 from flows.planning.assign import assign_scenario, debate_rounds, replaced_by_original
 
@@ -83,7 +84,7 @@ def test_similar_question_is_another_pool_question_of_the_same_domain() -> None:
 
 @pytest.mark.embedded
 def test_minilm_embeddings_rank_a_paraphrase_first() -> None:
-    from flows.planning.retrieval import minilm_embedder
+    from flows.planning.minilm import minilm_embedder
 
     vectors = minilm_embedder()(
         [
@@ -94,6 +95,26 @@ def test_minilm_embeddings_rank_a_paraphrase_first() -> None:
     )
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+@pytest.mark.embedded
+def test_the_openvino_minilm_gives_sentence_transformers_vectors() -> None:
+    """The run's MiniLM (OpenVINO, flows/planning/minilm.py) against sentence-transformers
+    on PyTorch: the same vectors to float32 rounding, so the same neighbours, whatever the
+    texts' lengths (one batch pads the short ones; one is cut at max_seq_length)."""
+    from flows.planning.minilm import minilm_embedder
+
+    rows = (SHARED_DATA / "gsm8k" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    texts = [json.loads(row)["question"] for row in rows]
+    texts.append(" ".join(texts[:6]))  # longer than the model's 256 tokens: truncated alike
+    ours = minilm_embedder(batch_size=16)(texts)
+    reference = minilm_embedder(backend="torch")(texts)
+    assert ours.shape == reference.shape == (41, 384)
+    assert float((ours * reference).sum(axis=1).min()) > 0.99999
+    for v in (ours, reference):
+        assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    order = lambda v: np.argsort(-(v @ v.T), axis=1)[:, 1:6]  # noqa: E731
+    assert (order(ours) == order(reference)).mean() > 0.98
 
 
 @pytest.mark.parametrize("scenario", ["error_correction", "debate", "analogy"])
