@@ -630,7 +630,7 @@ def bench_scale(seeds: int = 30_000) -> dict:
     )
     return {
         "seeds": seeds,
-        "embedder": "all-MiniLM-L6-v2 (sentence-transformers, torch, CPU), cold cache",
+        "embedder": "all-MiniLM-L6-v2 (OpenVINO on its ONNX export, CPU), cold cache",
         "fail_rate_500": 0.05,
         "fail_rate_429": 0.05,
         "load_average_at_start": round(load_average, 2),
